@@ -1,0 +1,194 @@
+"""ONNX frontend: load and validate a model file, clean it up the way real exports need, and
+import it into a Relax IRModule.
+
+Steps, in order:
+1. ``load_onnx``: read the file (external-data side files too) and reject what is not a
+   usable ONNX model with a one-line ``ModelLoadError``.
+2. ``fold_onnx``: ONNX Runtime's basic-level graph optimizer (constant folding of shape
+   subgraphs, identity/dropout removal) with its fusion rewrites disabled, so MatMuls stay
+   MatMuls for saddc's passes. TVM's importer cannot import Swin-style graphs without this:
+   a ``Pad`` whose pads come from ``Shape`` ops leaves every later tensor shapeless and the
+   importer's ``Reshape`` rejects it.
+3. ``check_supported_ops``: name every op (and a node using it) that TVM's importer lacks.
+4. ``import_onnx``: ``tvm.relax.frontend.onnx.from_onnx`` with the weights as constants.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from saddc.errors import ModelLoadError, UnsupportedModelError
+from saddc.specs import TensorSpec
+
+# Graph rewrites of ONNX Runtime's basic level that fuse ops; saddc's own passes match the
+# unfused MatMul/Add/Conv/BatchNormalization forms, so these stay off.
+_ORT_FUSIONS = (
+    "MatMulAddFusion",
+    "GemmTransposeFusion",
+    "ConvAddFusion",
+    "ConvMulFusion",
+    "ConvBNFusion",
+    "ConvActivationFusion",
+)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module imported from ONNX, with what the compile summary and manifest report."""
+
+    mod: object  # tvm.IRModule; kept untyped so this module imports without TVM loaded
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_counts: collections.Counter = field(default_factory=collections.Counter)
+    opset: int = 0
+    producer: str = ""
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read and validate an ONNX file, loading external data that lies beside it."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"model path is a directory, not an ONNX file: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise ModelLoadError(
+            f"cannot parse {path} as ONNX (truncated, corrupt, or not an ONNX file): "
+            f"{_first_line(err)}"
+        ) from None
+    if not model.HasField("graph") or model.ir_version == 0 or not model.opset_import:
+        raise ModelLoadError(f"not an ONNX model (no graph, IR version or opset): {path}")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as err:
+        raise ModelLoadError(
+            f"cannot load the external weight data of {path}: {_first_line(err)}"
+        ) from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise ModelLoadError(f"invalid ONNX model {path}: {_first_line(err)}") from None
+    return model
+
+
+def fold_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference and constant folding; returns a new, standard-ONNX model."""
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="saddc-fold-") as tmp:
+        source, folded = os.path.join(tmp, "source.onnx"), os.path.join(tmp, "folded.onnx")
+        # Weights go to side files so models over protobuf's 2 GiB limit fold too.
+        onnx.save(model, source, save_as_external_data=True, location="source.onnx.data")
+        options.optimized_model_filepath = folded
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "folded.onnx.data"
+        )
+        try:
+            ort.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(_ORT_FUSIONS),
+            )
+        except Exception as err:
+            raise UnsupportedModelError(
+                f"ONNX Runtime could not load the model for constant folding: {_first_line(err)}"
+            ) from None
+        result = onnx.load(folded)
+    result = onnx.shape_inference.infer_shapes(result, data_prop=True)
+    return result
+
+
+def check_supported_ops(model: onnx.ModelProto) -> None:
+    """Raise ``UnsupportedModelError`` naming each op TVM's ONNX importer cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import (  # pylint: disable=import-outside-toplevel
+        _get_convert_map,
+    )
+
+    convert_map = _get_convert_map()
+    unsupported: dict[str, str] = {}
+    for node in model.graph.node:
+        known = node.domain in _DEFAULT_DOMAINS and (
+            node.op_type in convert_map or node.op_type in ("Constant", "If")
+        )
+        if not known:
+            op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+            unsupported.setdefault(op, node.name or f"#{list(model.graph.node).index(node)}")
+    if unsupported:
+        listed = ", ".join(f"'{op}' (node '{name}')" for op, name in unsupported.items())
+        raise UnsupportedModelError(f"unsupported ONNX op{'s' * (len(unsupported) > 1)}: {listed}")
+
+
+def tensor_specs(values) -> list[TensorSpec]:
+    """TensorSpecs of ONNX ValueInfos; unknown dims become their symbol or '?'."""
+    specs = []
+    for value in values:
+        tensor_type = value.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in tensor_type.shape.dim
+        )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        specs.append(TensorSpec(value.name, dims, dtype))
+    return specs
+
+
+def graph_inputs(model: onnx.ModelProto) -> list:
+    """The graph inputs that are real inputs, not initializers listed as inputs."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
+    """Load (if given a path), fold, check and import an ONNX model into Relax."""
+    from tvm.relax.frontend.onnx import from_onnx  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(model)
+    op_counts = collections.Counter(node.op_type for node in model.graph.node)
+    check_supported_ops(model)
+    folded = fold_onnx(model)
+    check_supported_ops(folded)
+    opset = next(
+        (o.version for o in folded.opset_import if o.domain in _DEFAULT_DOMAINS), 0
+    )
+    # The importer prints the failing op's inputs to stdout before it re-raises; keep that
+    # out of the user's terminal and report one line instead.
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            mod = from_onnx(folded, opset=opset, keep_params_in_input=False)
+    except Exception as err:
+        failing = captured.getvalue().strip().splitlines()
+        where = failing[0].split(",")[0] if failing else "TVM's ONNX importer failed"
+        raise UnsupportedModelError(f"{where}: {_first_line(err)}") from None
+    return ImportedModel(
+        mod=mod,
+        inputs=tensor_specs(graph_inputs(folded)),
+        outputs=tensor_specs(folded.graph.output),
+        op_counts=op_counts,
+        opset=opset,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    """The most specific one-line description of an exception from TVM, ONNX or protobuf."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # TVM errors put the message last, after a C++ backtrace.
+    message = lines[-1] if lines else type(err).__name__
+    return message if len(message) <= 300 else message[:297] + "..."

@@ -1,0 +1,34 @@
+"""saddc: compile ONNX Vision Transformers into multiplication-reduced TVM modules.
+
+    saddc.lower(mod, config=None)           run the saddc Relax pipeline on an IRModule
+    saddc.compile(model, target, ...)       import, lower, build and export
+    saddc.load(path)                        run a compiled module: numpy in, numpy out
+
+Attributes load on first use: ``saddc.load`` needs only TVM's runtime, so a deployment host
+without TVM's compiler library can import saddc and run modules.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "lower": ("saddc.api", "lower"),
+    "build": ("saddc.api", "build"),
+    "compile": ("saddc.api", "compile"),
+    "CompileResult": ("saddc.api", "CompileResult"),
+    "LowerConfig": ("saddc.config", "LowerConfig"),
+    "load": ("saddc.runtime", "load"),
+    "CompiledModule": ("saddc.runtime", "CompiledModule"),
+    "SaddcError": ("saddc.errors", "SaddcError"),
+    "parse_target": ("saddc.target", "parse_target"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib  # pylint: disable=import-outside-toplevel
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'saddc' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m saddc`` is the ``saddc`` command."""
+
+from saddc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""saddc's Python API: ``lower``, ``build``, ``compile`` (import, lower, build, export)."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from saddc import artifacts
+from saddc.config import LowerConfig
+from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
+from saddc.errors import SaddcError
+from saddc.pipeline import phases, run_phases
+from saddc.specs import TensorSpec
+from saddc.target import TargetSpec, parse_target
+
+
+def lower(mod: tvm.IRModule, config: LowerConfig | None = None, on_phase=None) -> tvm.IRModule:
+    """Run the saddc pipeline on a Relax module; returns the module ready for ``build``."""
+    return run_phases(mod, config or LowerConfig(), on_phase=on_phase)
+
+
+def build(lowered: tvm.IRModule, config: LowerConfig | None = None) -> tuple[relax.Executable, NvccStats | None]:
+    """Generate code for a lowered module. For CUDA, kernels become an nvcc fatbin."""
+    config = config or LowerConfig()
+    target = config.target.to_tvm()
+    if not config.target.is_cuda:
+        with target:
+            return relax.build(lowered, target=target, relax_pipeline=None), None
+    ensure_cuda_codegen()
+    with nvcc_fatbin_compiler(config.target.arch) as stats, target:
+        executable = relax.build(lowered, target=target, relax_pipeline=None)
+    return executable, stats
+
+
+@dataclass
+class CompileResult:
+    """What ``compile`` produced, and what the CLI's summary prints."""
+
+    executable: relax.Executable
+    target: TargetSpec
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_counts: collections.Counter
+    rewrites: list[str]
+    kernels: int
+    seconds: float
+    output: Path | None = None
+    manifest: dict = field(default_factory=dict)
+    fatbin: list[FatbinEntry] = field(default_factory=list)
+    nvcc: NvccStats | None = None
+
+    def summary_lines(self) -> list[str]:
+        ops = ", ".join(f"{op} x{count}" for op, count in self.op_counts.most_common())
+        lines = [
+            f"target:            {self.target.describe()}",
+            f"inputs:            {'; '.join(spec.describe() for spec in self.inputs)}",
+            f"outputs:           {'; '.join(spec.describe() for spec in self.outputs)}",
+            f"ops found:         {sum(self.op_counts.values())} ({ops})",
+            f"rewrites applied:  {', '.join(self.rewrites) if self.rewrites else 'none'}",
+            f"kernels emitted:   {self.kernels}",
+        ]
+        if self.fatbin:
+            images = ", ".join(sorted({f"{e.kind} sm_{e.arch}" for e in self.fatbin}))
+            lines.append(f"CUDA binary:       fatbin ({images}), nvcc {self.nvcc.seconds:.1f} s")
+        lines.append(f"compile time:      {self.seconds:.1f} s")
+        if self.output:
+            lines.append(f"output:            {self.output} (+ {artifacts.manifest_path(self.output).name})")
+        return lines
+
+
+class _Progress:
+    """One progress bar over the compile steps (tqdm, on stderr); silent when disabled."""
+
+    def __init__(self, steps: int, enabled: bool):
+        from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+        self._bar = tqdm(total=steps, disable=not enabled, file=sys.stderr, unit="step",
+                         bar_format="{desc:<28}{bar:20} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def start(self, step: str):
+        self._bar.set_description_str(step)
+
+    def done(self, *_):
+        self._bar.update(1)
+
+    def close(self):
+        self._bar.close()
+
+
+def compile(  # pylint: disable=redefined-builtin
+    model: str | os.PathLike | tvm.IRModule,
+    target: str = "llvm",
+    arch: str | None = None,
+    output: str | os.PathLike | None = None,
+    dump_ir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> CompileResult:
+    """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
+
+    Every check on user input (target, arch, nvcc, output path, the model file) runs before the
+    expensive work, and the ``.so`` and its manifest appear together or not at all.
+    """
+    started = time.perf_counter()
+    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir)
+    output = artifacts.check_output_path(output) if output is not None else None
+    bar = _Progress(len(phases(config)) + 2 + (output is not None), progress)
+    try:
+        bar.start("importing")
+        if isinstance(model, tvm.IRModule):
+            mod, inputs, outputs = model, *relax_io_specs(model)
+            op_counts, source = relax_op_counts(model), None
+        else:
+            from saddc.frontends import import_onnx  # pylint: disable=import-outside-toplevel
+
+            imported = import_onnx(model)
+            mod, inputs, outputs = imported.mod, imported.inputs, imported.outputs
+            op_counts, source = imported.op_counts, Path(model)
+        bar.done()
+
+        def on_phase(name, seconds):
+            bar.done(name, seconds)
+            bar.start(f"lowering: after {name}")
+
+        bar.start("lowering")
+        lowered = lower(mod, config, on_phase=on_phase)
+        bar.start(f"building ({config.target.kind})")
+        executable, nvcc_stats = build(lowered, config)
+        bar.done()
+        result = CompileResult(
+            executable=executable, target=config.target, inputs=inputs, outputs=outputs,
+            op_counts=op_counts, rewrites=list(config.rewrites),
+            kernels=sum(isinstance(f, tvm.tirx.PrimFunc) for f in lowered.functions.values()),
+            seconds=0.0, nvcc=nvcc_stats,
+        )
+        if output is not None:
+            bar.start("exporting")
+            export(result, output, source)
+            bar.done()
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def export(result: CompileResult, output: Path, source: Path | None) -> None:
+    """Write the library and its manifest atomically; check a CUDA library holds its fatbin."""
+    manifest_file = artifacts.manifest_path(output)
+    with artifacts.atomic_outputs(output, manifest_file) as (library_tmp, manifest_tmp):
+        result.executable.export_library(str(library_tmp))
+        if result.target.is_cuda:
+            result.fatbin = read_fatbins(library_tmp)
+            wanted = int(result.target.arch[3:].rstrip("af"))
+            if not any(e.kind == "sass" and e.arch == wanted for e in result.fatbin):
+                raise SaddcError(
+                    f"the built module holds no {result.target.arch} machine code "
+                    "(TVM fell back to CUDA source); nothing was written"
+                )
+        result.manifest = _manifest(result, output, source)
+        artifacts.write_json(manifest_tmp, result.manifest)
+    result.output = output
+
+
+def _manifest(result: CompileResult, output: Path, source: Path | None) -> dict:
+    import onnx  # pylint: disable=import-outside-toplevel
+    import tvm_ffi  # pylint: disable=import-outside-toplevel
+
+    from saddc import __version__  # pylint: disable=import-outside-toplevel
+
+    versions = {"saddc": __version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__,
+                "onnx": onnx.__version__}
+    if result.target.is_cuda:
+        versions["nvcc"] = nvcc_version()
+    return {
+        "format": artifacts.MANIFEST_FORMAT,
+        "library": output.name,
+        "source": {"path": str(source), "sha256": _sha256(source)} if source else None,
+        "target": result.target.kind,
+        "arch": result.target.arch,
+        "inputs": [spec.to_json() for spec in result.inputs],
+        "outputs": [spec.to_json() for spec in result.outputs],
+        "rewrites": result.rewrites,
+        "kernels": result.kernels,
+        "fatbin": [{"kind": e.kind, "arch": f"sm_{e.arch}", "bytes": e.size} for e in result.fatbin],
+        "versions": versions,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def relax_io_specs(mod: tvm.IRModule) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of a Relax module's ``main`` (tensor inputs and outputs only)."""
+    func = mod["main"]
+
+    def spec(name, ty):
+        dims = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in ty.shape.values)
+        return TensorSpec(name, dims, str(ty.dtype))
+
+    inputs = [spec(param.name, param.ty) for param in func.params]
+    ret = func.ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    return inputs, [spec(f"output{i}", ty) for i, ty in enumerate(fields)]
+
+
+def relax_op_counts(mod: tvm.IRModule) -> collections.Counter:
+    """Relax operator names used by ``main`` (what a module given directly 'contains')."""
+    counts = collections.Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name.removeprefix("relax.")] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return counts

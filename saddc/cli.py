@@ -1,0 +1,160 @@
+"""The ``saddc`` command line: compile, inspect, run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from saddc.errors import SaddcError
+
+DESCRIPTION = """\
+Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
+
+  saddc compile model.onnx --target cuda --arch sm_90 -o model.so
+  saddc inspect model.onnx
+  saddc run model.so --input x.npy
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saddc", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from saddc import __version__  # pylint: disable=import-outside-toplevel
+
+    parser.add_argument("--version", action="version", version=f"saddc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser(
+        "compile", help="compile an ONNX model to a deployable module (.so + .json manifest)",
+        description="Import an ONNX model, run the saddc pipeline, build for the target and "
+        "write the module (.so) with its JSON manifest beside it.",
+    )
+    compile_.add_argument("model", help="ONNX model file (external-data side files are read too)")
+    compile_.add_argument("--target", default="llvm", help="llvm (x86-64 CPU) or cuda (default: llvm)")
+    compile_.add_argument("--arch", help="CUDA SM architecture, e.g. sm_90 (default for cuda: sm_90)")
+    compile_.add_argument("-o", "--output", help="output module path (default: MODEL with .so)")
+    compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
+    compile_.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    inspect_ = commands.add_parser(
+        "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
+    )
+    inspect_.add_argument("model", help="ONNX model file")
+
+    run_ = commands.add_parser("run", help="run a compiled module on .npy inputs")
+    run_.add_argument("module", help="compiled module (.so, with its .json manifest beside it)")
+    run_.add_argument(
+        "--input", action="append", default=[], metavar="[NAME=]FILE.npy",
+        help="an input array; repeat in input order, or name each input",
+    )
+    run_.add_argument("--save", metavar="DIR", help="write each output to DIR/<name>.npy")
+    return parser
+
+
+def cmd_compile(args) -> int:
+    from saddc.api import compile as compile_model  # pylint: disable=import-outside-toplevel
+
+    output = args.output or str(Path(args.model).with_suffix(".so"))
+    result = compile_model(
+        args.model, target=args.target, arch=args.arch, output=output,
+        dump_ir=args.dump_ir, progress=not args.quiet,
+    )
+    print("\n".join(result.summary_lines()))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    # pylint: disable=import-outside-toplevel
+    from saddc.config import LowerConfig
+    from saddc.frontends import import_onnx
+    from saddc.passes import find_attention_blocks, find_linear_layers
+    from saddc.pipeline import cleanup_passes
+    import tvm
+
+    imported = import_onnx(args.model)
+    mod = tvm.transform.Sequential(cleanup_passes(LowerConfig()))(imported.mod)
+    print(f"model: {args.model} (opset {imported.opset}, {imported.producer or 'unknown producer'})")
+    for spec in imported.inputs:
+        print(f"input   {spec.describe()}")
+    for spec in imported.outputs:
+        print(f"output  {spec.describe()}")
+    ops = ", ".join(f"{op} x{n}" for op, n in imported.op_counts.most_common())
+    print(f"ops: {sum(imported.op_counts.values())} ({ops})")
+    linears = find_linear_layers(mod)
+    print(f"\nlinear layers: {len(linears)}")
+    for layer in linears:
+        bias = "+bias" if layer.has_bias else ""
+        print(f"  linear[{layer.index}]  {layer.in_features} -> {layer.out_features} {bias:5} "
+              f"input {list(layer.input_shape)}")
+    blocks = find_attention_blocks(mod)
+    print(f"\nattention blocks: {len(blocks)}")
+    for block in blocks:
+        print(f"  attention[{block.index}]  heads {block.heads}  query tokens {block.query_tokens}  "
+              f"key tokens {block.key_tokens}  head dim {block.head_dim}  scale {block.scale}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from saddc.runtime import load  # pylint: disable=import-outside-toplevel
+
+    module = load(args.module)
+    named, positional = {}, []
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        array = _read_npy(path if sep else item)
+        if sep:
+            named[name] = array
+        else:
+            positional.append(array)
+    if named and positional:
+        raise SaddcError("give all --input values by name or all in order, not both")
+    if positional:
+        feeds = dict(zip((spec.name for spec in module.inputs), positional))
+        if len(positional) != len(module.inputs):
+            raise SaddcError(f"module takes {len(module.inputs)} input(s), got {len(positional)}")
+    else:
+        feeds = named
+    outputs = module.run(feeds)
+    for name, value in outputs.items():
+        flat = value.reshape(-1)
+        print(f"{name}: {value.dtype}{list(value.shape)}  "
+              f"min {flat.min():.6g}  max {flat.max():.6g}  mean {flat.mean():.6g}")
+        if value.ndim == 2 and value.shape[0] <= 8:
+            print(f"  argmax per row: {np.argmax(value, axis=-1).tolist()}")
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        for name, value in outputs.items():
+            safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+            np.save(os.path.join(args.save, f"{safe}.npy"), value)
+    return 0
+
+
+def _read_npy(path: str):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SaddcError(f"input file not found: {path}") from None
+    except (OSError, ValueError) as err:
+        raise SaddcError(f"cannot read {path} as a .npy array: {err}") from None
+
+
+COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SaddcError as err:
+        print(f"saddc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("saddc: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,125 @@
+"""The saddc Relax pipeline, as phases.
+
+    cleanup          fold constants and decompose inference-only ops, so patterns see plain
+                     matmuls with constant weights
+    reparameterize   saddc's rewrites (shift, additive attention, MoE dispatch), as configured
+    legalize         Relax ops to TIR, fused
+    schedule         kernel schedules for the target
+    vm-lowering      TVM's dataflow lowering and VM finalization for the target
+
+Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import tvm
+from tvm import relax
+
+from saddc.config import LowerConfig
+
+PhaseCallback = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    passes: list
+
+
+def cleanup_passes(config: LowerConfig) -> list:
+    del config
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+    ]
+
+
+def reparameterize_passes(config: LowerConfig) -> list:
+    """saddc's rewrites; each later capability adds its pass here, gated by ``config``."""
+    del config
+    return []
+
+
+def legalize_passes(config: LowerConfig) -> list:
+    del config
+    # TVM's backends bundle legalization with their DLight schedule; saddc keeps them apart so
+    # that its own kernels (already scheduled) and tuned records slot in before DLight runs.
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def schedule_passes(config: LowerConfig) -> list:
+    if config.target.is_cuda:
+        from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
+
+        return [
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
+            )
+        ]
+    return []
+
+
+def vm_lowering_passes(config: LowerConfig) -> list:
+    # pylint: disable=import-outside-toplevel
+    # TVM 0.27's backend packages do not re-export dataflow_lower_passes, which breaks
+    # relax.pipeline.dataflow_lower_passes for every target; use the backend modules.
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_backend
+    from tvm.relax.backend.cuda import pipeline as cuda_backend
+
+    backend = cuda_backend if config.target.is_cuda else cpu_backend
+    target = config.target.to_tvm()
+    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+
+
+def phases(config: LowerConfig) -> list[Phase]:
+    return [
+        Phase("cleanup", cleanup_passes(config)),
+        Phase("reparameterize", reparameterize_passes(config)),
+        Phase("legalize", legalize_passes(config)),
+        Phase("schedule", schedule_passes(config)),
+        Phase("vm-lowering", vm_lowering_passes(config)),
+    ]
+
+
+def run_phases(
+    mod: tvm.IRModule, config: LowerConfig, on_phase: PhaseCallback | None = None
+) -> tvm.IRModule:
+    """Run every phase in order under the target, dumping IR after each when asked."""
+    dump_dir = Path(config.dump_ir) if config.dump_ir else None
+    if dump_dir:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        (dump_dir / "00-input.py").write_text(mod.script())
+    with config.target.to_tvm():
+        for index, phase in enumerate(phases(config), start=1):
+            started = time.perf_counter()
+            mod = tvm.transform.Sequential(phase.passes, name=f"saddc.{phase.name}")(mod)
+            if dump_dir:
+                (dump_dir / f"{index:02d}-{phase.name}.py").write_text(mod.script())
+            if on_phase:
+                on_phase(phase.name, time.perf_counter() - started)
+    return mod
+
+
+@relax.register_pipeline("saddc")
+def saddc_pipeline(config: LowerConfig | None = None) -> tvm.transform.Pass:
+    """The saddc pipeline as a Relax module pass (for ``tvm.compile(relax_pipeline=...)``)."""
+    config = config or LowerConfig()
+
+    @tvm.transform.module_pass(opt_level=0, name="saddc")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return run_phases(mod, config)
+
+    return _pipeline

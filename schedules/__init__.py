@@ -1,0 +1,1 @@
+"""TIR kernels of saddc's primitives with their CUDA and CPU schedules (one file each)."""
