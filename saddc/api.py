@@ -89,7 +89,7 @@ class _Progress:
     def start(self, step: str):
         self._bar.set_description_str(step)
 
-    def done(self, *_):
+    def done(self):
         self._bar.update(1)
 
     def close(self):
@@ -112,6 +112,10 @@ def compile(  # pylint: disable=redefined-builtin
     started = time.perf_counter()
     config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir)
     output = artifacts.check_output_path(output) if output is not None else None
+    if not isinstance(model, tvm.IRModule):
+        from saddc.frontends import import_onnx, load_onnx  # pylint: disable=import-outside-toplevel
+
+        source, onnx_model = Path(model), load_onnx(model)
     bar = _Progress(len(phases(config)) + 2 + (output is not None), progress)
     try:
         bar.start("importing")
@@ -119,18 +123,19 @@ def compile(  # pylint: disable=redefined-builtin
             mod, inputs, outputs = model, *relax_io_specs(model)
             op_counts, source = relax_op_counts(model), None
         else:
-            from saddc.frontends import import_onnx  # pylint: disable=import-outside-toplevel
-
-            imported = import_onnx(model)
+            imported = import_onnx(onnx_model)
             mod, inputs, outputs = imported.mod, imported.inputs, imported.outputs
-            op_counts, source = imported.op_counts, Path(model)
+            op_counts = imported.op_counts
         bar.done()
 
-        def on_phase(name, seconds):
-            bar.done(name, seconds)
-            bar.start(f"lowering: after {name}")
+        phase_names = [phase.name for phase in phases(config)]
 
-        bar.start("lowering")
+        def on_phase(name, _seconds):
+            bar.done()
+            following = phase_names[phase_names.index(name) + 1:]
+            bar.start(f"lowering: {following[0]}" if following else "lowering")
+
+        bar.start(f"lowering: {phase_names[0]}")
         lowered = lower(mod, config, on_phase=on_phase)
         bar.start(f"building ({config.target.kind})")
         executable, nvcc_stats = build(lowered, config)

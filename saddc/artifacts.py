@@ -28,7 +28,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    # Probe by creating a file: permission bits alone mislead (root, read-only mounts).
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise OutputPathError(f"output path is not writable: {path} ({err.strerror})") from None
+    if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"output path is not writable: {path}")
     return path
 

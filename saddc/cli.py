@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--arch", help="CUDA SM architecture, e.g. sm_90 (default for cuda: sm_90)")
     compile_.add_argument("-o", "--output", help="output module path (default: MODEL with .so)")
     compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
-    compile_.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    compile_.add_argument("-q", "--quiet", action="store_true",
+                          help="no progress bar (it shows only when stderr is a terminal)")
 
     inspect_ = commands.add_parser(
         "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
@@ -60,7 +61,7 @@ def cmd_compile(args) -> int:
     output = args.output or str(Path(args.model).with_suffix(".so"))
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output,
-        dump_ir=args.dump_ir, progress=not args.quiet,
+        dump_ir=args.dump_ir, progress=not args.quiet and sys.stderr.isatty(),
     )
     print("\n".join(result.summary_lines()))
     return 0

@@ -73,7 +73,8 @@ class CompiledModule:
                 )
             tensors.append(tvm.runtime.tensor(array, self.device))
         result = self._main(*tensors)
-        results = list(result) if isinstance(result, (list, tuple)) or hasattr(result, "__len__") and not hasattr(result, "numpy") else [result]
+        # A single output comes back as a tensor, several as an array of tensors.
+        results = [result] if hasattr(result, "numpy") else list(result)
         return [tensor.numpy() for tensor in results]
 
     def _names(self) -> str:

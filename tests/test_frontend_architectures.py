@@ -1,0 +1,47 @@
+"""Every architecture, from both torch exporters at opsets 17 and 18, compiles for llvm and
+matches ONNX Runtime (relative error <= 1e-4)."""
+
+import pytest
+import torch
+
+import saddc
+from conftest import ort_outputs, random_input, relative_error
+from model_zoo import ARCHITECTURES, IMAGE, build
+from saddc.frontends.torch_export import export_onnx
+
+CASES = [
+    pytest.param(arch, exporter, opset, id=f"{arch}-{exporter}-opset{opset}")
+    for arch in ARCHITECTURES
+    for exporter in ("legacy", "dynamo")
+    for opset in (17, 18)
+]
+
+
+@pytest.mark.parametrize("arch,exporter,opset", CASES)
+def test_compiles_and_matches_onnxruntime(arch, exporter, opset, export_dir, tmp_path):
+    path = export_dir / f"{arch}-{exporter}-{opset}.onnx"
+    export_onnx(build(arch), torch.from_numpy(random_input(IMAGE)), path, exporter, opset)
+    x = random_input(IMAGE, seed=1)
+    (expected,) = ort_outputs(path, {"x": x})
+
+    result = saddc.compile(path, target="llvm", output=tmp_path / "model.so")
+    (actual,) = saddc.load(result.output)(x)
+
+    assert actual.shape == expected.shape
+    assert relative_error(actual, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("arch", ["deit-own-fused", "pvtv2-own"])
+def test_symbolic_batch(arch, exporter, export_dir, tmp_path):
+    path = export_dir / f"{arch}-{exporter}-batch.onnx"
+    export_onnx(build(arch), torch.from_numpy(random_input((2,) + IMAGE[1:])), path, exporter, 18,
+                dynamic_batch=True)
+    module = saddc.load(saddc.compile(path, target="llvm", output=tmp_path / "m.so").output)
+    assert isinstance(module.inputs[0].shape[0], str), "batch should stay symbolic"
+    for batch in (1, 3):
+        x = random_input((batch,) + IMAGE[1:], seed=batch)
+        (expected,) = ort_outputs(path, {"x": x})
+        (actual,) = module(x)
+        assert actual.shape == expected.shape == (batch, 10)
+        assert relative_error(actual, expected) <= 1e-4
