@@ -28,9 +28,11 @@ import onnx
 from saddc.errors import ModelLoadError, UnsupportedModelError
 from saddc.specs import TensorSpec
 
-# Graph rewrites of ONNX Runtime's basic level that fuse ops; saddc's own passes match the
-# unfused MatMul/Add/Conv/BatchNormalization forms, so these stay off.
-_ORT_FUSIONS = (
+# Graph rewrites of ONNX Runtime's basic level that fuse ops or move transposes; saddc's own
+# passes match the unfused MatMul/Add/Conv/BatchNormalization forms, and TVM's importer rejects
+# the Gather-on-Shape form that the transpose optimizer leaves in symbolic-batch graphs.
+_ORT_REWRITES_KEPT_OFF = (
+    "TransposeOptimizer",
     "MatMulAddFusion",
     "GemmTransposeFusion",
     "ConvAddFusion",
@@ -102,7 +104,7 @@ def fold_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
         try:
             ort.InferenceSession(
                 source, options, providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(_ORT_FUSIONS),
+                disabled_optimizers=list(_ORT_REWRITES_KEPT_OFF),
             )
         except Exception as err:
             raise UnsupportedModelError(

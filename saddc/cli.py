@@ -88,7 +88,7 @@ def cmd_inspect(args) -> int:
     print(f"\nlinear layers: {len(linears)}")
     for layer in linears:
         bias = "+bias" if layer.has_bias else ""
-        print(f"  linear[{layer.index}]  {layer.in_features} -> {layer.out_features} {bias:5} "
+        print(f"  linear[{layer.index}]  {layer.in_features} -> {layer.out_features} {bias:<6} "
               f"input {list(layer.input_shape)}")
     blocks = find_attention_blocks(mod)
     print(f"\nattention blocks: {len(blocks)}")

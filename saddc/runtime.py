@@ -20,7 +20,9 @@ class CompiledModule:
     """A loaded saddc module. Call it with arrays in input order, or ``run`` with a dict."""
 
     def __init__(self, library: str | os.PathLike):
-        import tvm  # pylint: disable=import-outside-toplevel
+        # pylint: disable=import-outside-toplevel
+        import tvm
+        import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
         library = Path(library)
         if not library.exists():

@@ -1,0 +1,94 @@
+"""The CLI's inspect, compile summary and run, and running modules with TVM's runtime only."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ort_outputs, random_input, relative_error
+from model_zoo import IMAGE, build
+from saddc.frontends.torch_export import export_onnx
+
+
+def saddc_cli(*args, env=None):
+    result = subprocess.run([sys.executable, "-m", "saddc", *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = {}
+    for arch in ("deit-own-fused", "deit-own-separate", "pvtv2-own", "swin-hf"):
+        paths[arch] = export_onnx(build(arch), torch.from_numpy(random_input(IMAGE)), root / f"{arch}.onnx", "legacy", 17)
+    return paths
+
+
+@pytest.mark.parametrize("arch,linears,attention", [
+    # depth 2 x (qkv, proj, fc1, fc2) + head
+    ("deit-own-fused", 9, 2),
+    # depth 2 x (q, k, v, proj, fc1, fc2) + head
+    ("deit-own-separate", 13, 2),
+    # 2 stages x 1 block x (q, kv, proj, fc1, fc2) + head
+    ("pvtv2-own", 11, 2),
+])
+def test_inspect_counts_blocks(exported, arch, linears, attention):
+    out = saddc_cli("inspect", exported[arch])
+    assert f"linear layers: {linears}" in out
+    assert f"attention blocks: {attention}" in out
+
+
+def test_inspect_reports_spatial_reduction(exported):
+    out = saddc_cli("inspect", exported["pvtv2-own"])
+    # Stage 1 at 8x8 tokens, keys reduced 2x2 -> 16 key tokens; stage 2 at 4x4 without reduction.
+    assert "query tokens 64  key tokens 16  head dim 16" in out
+    assert "query tokens 16  key tokens 16  head dim 16" in out
+
+
+def test_inspect_reports_class_token_sequence(exported):
+    out = saddc_cli("inspect", exported["deit-own-fused"])
+    assert "heads 2  query tokens 17  key tokens 17  head dim 16  scale before-softmax" in out
+    assert "linear[0]  32 -> 96 +bias  input [1, 17, 32]" in out
+
+
+def test_compile_summary_and_run(exported, tmp_path):
+    out = saddc_cli("compile", exported["swin-hf"], "-o", tmp_path / "swin.so")
+    for field in ("ops found:", "rewrites applied:  none", "kernels emitted:", "compile time:",
+                  f"output:            {tmp_path / 'swin.so'}"):
+        assert field in out
+    manifest = json.loads((tmp_path / "swin.json").read_text())
+    assert manifest["inputs"] == [{"name": "x", "shape": list(IMAGE), "dtype": "float32"}]
+    assert manifest["rewrites"] == [] and manifest["target"] == "llvm"
+
+    x = random_input(IMAGE, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    out = saddc_cli("run", tmp_path / "swin.so", "--input", tmp_path / "x.npy", "--save", tmp_path / "outs")
+    assert "y: float32[1, 10]" in out
+    (expected,) = ort_outputs(exported["swin-hf"], {"x": x})
+    assert relative_error(np.load(tmp_path / "outs" / "y.npy"), expected) <= 1e-4
+
+
+def test_runtime_only_mode_runs_a_module(exported, tmp_path):
+    """What a deployment host does: TVM runtime library only, no tvm.relax, no ONNX."""
+    import saddc
+
+    saddc.compile(exported["deit-own-fused"], target="llvm", output=tmp_path / "m.so")
+    x = random_input(IMAGE, seed=6)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, saddc\n"
+        f"m = saddc.load(r'{tmp_path / 'm.so'}')\n"
+        f"np.save(r'{tmp_path / 'y.npy'}', m(np.load(r'{tmp_path / 'x.npy'}'))[0])\n"
+        "assert 'tvm.relax' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)\n"
+    )
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (expected,) = ort_outputs(exported["deit-own-fused"], {"x": x})
+    assert relative_error(np.load(tmp_path / "y.npy"), expected) <= 1e-4
