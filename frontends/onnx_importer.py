@@ -123,13 +123,13 @@ def check_supported_ops(model: onnx.ModelProto) -> None:
 
     convert_map = _get_convert_map()
     unsupported: dict[str, str] = {}
-    for node in model.graph.node:
+    for position, node in enumerate(model.graph.node):
         known = node.domain in _DEFAULT_DOMAINS and (
             node.op_type in convert_map or node.op_type in ("Constant", "If")
         )
         if not known:
             op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
-            unsupported.setdefault(op, node.name or f"#{list(model.graph.node).index(node)}")
+            unsupported.setdefault(op, node.name or f"#{position}")
     if unsupported:
         listed = ", ".join(f"'{op}' (node '{name}')" for op, name in unsupported.items())
         raise UnsupportedModelError(f"unsupported ONNX op{'s' * (len(unsupported) > 1)}: {listed}")

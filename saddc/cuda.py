@@ -84,21 +84,24 @@ def ensure_cuda_codegen() -> None:
         ctypes.CDLL(str(_driver_stub()), mode=ctypes.RTLD_GLOBAL)
     from tvm_ffi.libinfo import load_lib_ctypes  # pylint: disable=import-outside-toplevel
 
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     try:
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
             package="tvm", target_name="tvm_runtime_cuda",
-            extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL",
+            extra_lib_paths=[_tvm_runtime_dir()], mode="RTLD_LOCAL",
         )
     except (OSError, RuntimeError) as err:
         raise TargetError(f"cannot load TVM's CUDA runtime library: {err}") from None
 
 
-def _cuda_runtime_sidecar() -> Path:
+def _tvm_runtime_dir() -> Path:
+    """The directory holding the loaded libtvm_runtime.so (and its sidecars)."""
     from tvm.base import _LOADED_LIBS  # pylint: disable=import-outside-toplevel
 
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    sidecar = runtime_dir / "libtvm_runtime_cuda.so"
+    return Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+
+
+def _cuda_runtime_sidecar() -> Path:
+    sidecar = _tvm_runtime_dir() / "libtvm_runtime_cuda.so"
     if not sidecar.exists():
         raise TargetError(f"this TVM build has no CUDA runtime ({sidecar} is missing)")
     return sidecar

@@ -1,0 +1,81 @@
+"""The saddc demo: export the example ViTs, compile them for llvm and cuda, run the llvm
+modules, and report their agreement with ONNX Runtime.
+
+    python examples/demo.py --out out/demo
+
+The models carry seeded random weights: no pretrained weights can be downloaded here, and
+agreement with ONNX Runtime does not depend on them.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import saddc  # noqa: E402
+from deit_tiny import deit_tiny  # noqa: E402
+from pvtv2_b0 import pvtv2_b0  # noqa: E402
+from saddc.errors import SaddcError  # noqa: E402
+from saddc.frontends.torch_export import export_onnx  # noqa: E402
+
+MODELS = {"deit_tiny": deit_tiny, "pvtv2_b0": pvtv2_b0}
+IMAGE = (2, 3, 224, 224)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="out/demo", help="directory for the ONNX files and modules")
+    parser.add_argument("--arch", default="sm_90", help="CUDA arch to build for")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).standard_normal(IMAGE).astype("float32")
+    rows = []
+    for name, factory in MODELS.items():
+        torch.manual_seed(0)
+        onnx_path = out / f"{name}.onnx"
+        print(f"== {name}: exporting to {onnx_path} (torch dynamo exporter, opset 18, symbolic batch)")
+        export_onnx(factory(), torch.from_numpy(x), onnx_path, "dynamo", 18, dynamic_batch=True)
+
+        for target, arch in (("llvm", None), ("cuda", args.arch)):
+            print(f"== {name}: saddc compile --target {target}" + (f" --arch {arch}" if arch else ""))
+            try:
+                result = saddc.compile(onnx_path, target=target, arch=arch,
+                                       output=out / f"{name}_{target}.so", progress=sys.stderr.isatty())
+            except SaddcError as err:
+                print(f"   {target} build failed: {err}")
+                return 1
+            print("   " + "\n   ".join(result.summary_lines()))
+
+        module = saddc.load(out / f"{name}_llvm.so")
+        started = time.perf_counter()
+        (ours,) = module(x)
+        saddc_seconds = time.perf_counter() - started
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        started = time.perf_counter()
+        (reference,) = session.run(None, {"x": x})
+        ort_seconds = time.perf_counter() - started
+        rel = float(np.abs(ours - reference).max() / np.abs(reference).max())
+        top1 = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
+        rows.append((name, rel, top1, saddc_seconds, ort_seconds))
+
+    print("\nAgreement of the saddc llvm modules with ONNX Runtime (batch of 2, 224x224):")
+    print(f"{'model':<12} {'max rel err':>12} {'top-1 agree':>12} {'saddc s':>9} {'ORT s':>9}")
+    for name, rel, top1, ours_s, ort_s in rows:
+        print(f"{name:<12} {rel:>12.2e} {top1:>12.0%} {ours_s:>9.3f} {ort_s:>9.3f}")
+    print("(one unwarmed run each: timings are indicative only; CPU schedules are issue #7's work)")
+    failing = [name for name, rel, *_ in rows if rel > 1e-4]
+    if failing:
+        print(f"FAIL: relative error above 1e-4 for {', '.join(failing)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
