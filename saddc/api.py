@@ -112,23 +112,23 @@ def compile(  # pylint: disable=redefined-builtin
     started = time.perf_counter()
     config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir)
     output = artifacts.check_output_path(output) if output is not None else None
-    if not isinstance(model, tvm.IRModule):
+    if isinstance(model, tvm.IRModule):
+        source = onnx_model = None
+    else:
         from saddc.frontends import import_onnx, load_onnx  # pylint: disable=import-outside-toplevel
 
         source, onnx_model = Path(model), load_onnx(model)
-    bar = _Progress(len(phases(config)) + 2 + (output is not None), progress)
+    phase_names = [phase.name for phase in phases(config)]
+    bar = _Progress(len(phase_names) + 2 + (output is not None), progress)
     try:
         bar.start("importing")
-        if isinstance(model, tvm.IRModule):
-            mod, inputs, outputs = model, *relax_io_specs(model)
-            op_counts, source = relax_op_counts(model), None
+        if onnx_model is None:
+            mod, (inputs, outputs), op_counts = model, relax_io_specs(model), relax_op_counts(model)
         else:
             imported = import_onnx(onnx_model)
             mod, inputs, outputs = imported.mod, imported.inputs, imported.outputs
             op_counts = imported.op_counts
         bar.done()
-
-        phase_names = [phase.name for phase in phases(config)]
 
         def on_phase(name, _seconds):
             bar.done()
