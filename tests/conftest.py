@@ -1,6 +1,7 @@
 """Shared helpers: exporting models to ONNX, compiling them, and comparing with ONNX Runtime."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,9 @@ def ort_outputs(path, feeds: dict) -> list[np.ndarray]:
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |a - e| / max |e|: the issue's 'relative error' for whole output tensors."""
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def run_saddc(*args, env=None) -> subprocess.CompletedProcess:
+    """The saddc CLI in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "saddc", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)

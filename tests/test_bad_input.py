@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import random_input
+from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
 from saddc.frontends.torch_export import export_onnx
 
@@ -21,11 +20,6 @@ def good_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("good") / "deit.onnx"
     export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)), path, "legacy", 17)
     return path
-
-
-def saddc_cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "saddc", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 def assert_clean_failure(result, *fragments):
@@ -43,14 +37,14 @@ def assert_nothing_written(directory: Path, *keep: str):
 
 
 def test_missing_file(tmp_path):
-    result = saddc_cli("compile", tmp_path / "absent.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "absent.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "not found", "absent.onnx")
     assert_nothing_written(tmp_path)
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
-    result = saddc_cli("compile", tmp_path / "empty.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "empty.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "empty")
     assert_nothing_written(tmp_path, "empty.onnx")
 
@@ -58,7 +52,7 @@ def test_empty_file(tmp_path):
 def test_truncated_file(tmp_path, good_model):
     data = good_model.read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
-    result = saddc_cli("compile", tmp_path / "cut.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "cut.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "cut.onnx")
     assert_nothing_written(tmp_path, "cut.onnx")
 
@@ -67,7 +61,7 @@ def test_truncated_file(tmp_path, good_model):
                                      b"\x89PNG\r\n\x1a\n" + b"\0" * 64])
 def test_not_onnx(tmp_path, content):
     (tmp_path / "model.onnx").write_bytes(content)
-    result = saddc_cli("compile", tmp_path / "model.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "model.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "model.onnx")
     assert_nothing_written(tmp_path, "model.onnx")
 
@@ -77,7 +71,7 @@ def test_missing_external_data(tmp_path):
     export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)), tmp_path / "d.onnx", "dynamo", 18)
     model_dir.mkdir()
     shutil.copy(tmp_path / "d.onnx", model_dir / "d.onnx")  # without its .onnx.data
-    result = saddc_cli("compile", model_dir / "d.onnx", "-o", model_dir / "m.so")
+    result = run_saddc("compile", model_dir / "d.onnx", "-o", model_dir / "m.so")
     assert_clean_failure(result, "external")
     assert_nothing_written(model_dir, "d.onnx")
 
@@ -94,7 +88,7 @@ def test_unsupported_op_is_named_with_its_node(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     onnx.save(model, tmp_path / "custom.onnx")
-    result = saddc_cli("compile", tmp_path / "custom.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "custom.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "DeformConv", "offending_deform_conv")
     assert_nothing_written(tmp_path, "custom.onnx")
 
@@ -107,7 +101,7 @@ def test_custom_domain_op_is_named(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.vendor", 1)])
     onnx.save(model, tmp_path / "vendor.onnx")
-    result = saddc_cli("compile", tmp_path / "vendor.onnx", "-o", tmp_path / "m.so")
+    result = run_saddc("compile", tmp_path / "vendor.onnx", "-o", tmp_path / "m.so")
     assert_clean_failure(result, "com.vendor::FusedAttention", "vendor_attn")
 
 
@@ -118,7 +112,7 @@ def test_custom_domain_op_is_named(tmp_path):
     (["--target", "llvm", "--arch", "sm_90"], "--arch applies to --target cuda only"),
 ])
 def test_unknown_target_or_arch(tmp_path, good_model, args, fragment):
-    result = saddc_cli("compile", good_model, "-o", tmp_path / "m.so", *args)
+    result = run_saddc("compile", good_model, "-o", tmp_path / "m.so", *args)
     assert_clean_failure(result, fragment)
     assert_nothing_written(tmp_path)
 
@@ -128,7 +122,7 @@ def test_no_nvcc_for_cuda(tmp_path, good_model):
     python_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([python_dir, "/usr/bin", "/bin"])  # no CUDA toolkit on it
     assert shutil.which("nvcc", path=env["PATH"]) is None
-    result = saddc_cli("compile", good_model, "--target", "cuda", "-o", tmp_path / "m.so", env=env)
+    result = run_saddc("compile", good_model, "--target", "cuda", "-o", tmp_path / "m.so", env=env)
     assert_clean_failure(result, "nvcc not found")
     assert_nothing_written(tmp_path)
 
@@ -136,7 +130,7 @@ def test_no_nvcc_for_cuda(tmp_path, good_model):
 @pytest.mark.parametrize("output", ["/proc/saddc-model.so", "{tmp}/no/such/dir/m.so", "{tmp}", "{tmp}/m.txt"])
 def test_unwritable_output(tmp_path, good_model, output):
     output = output.format(tmp=tmp_path)
-    result = saddc_cli("compile", good_model, "-o", output)
+    result = run_saddc("compile", good_model, "-o", output)
     assert_clean_failure(result)
     assert not Path("/proc/saddc-model.so").exists()
     assert_nothing_written(tmp_path)

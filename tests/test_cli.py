@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ort_outputs, random_input, relative_error
+from conftest import ort_outputs, random_input, relative_error, run_saddc
 from model_zoo import IMAGE, build
 from saddc.frontends.torch_export import export_onnx
 
 
-def saddc_cli(*args, env=None):
-    result = subprocess.run([sys.executable, "-m", "saddc", *map(str, args)],
-                            capture_output=True, text=True, env=env, timeout=600)
+def saddc_cli(*args):
+    result = run_saddc(*args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
