@@ -53,6 +53,7 @@ class ImportedModel:
     op_counts: collections.Counter = field(default_factory=collections.Counter)
     opset: int = 0
     producer: str = ""
+    layer_names: dict[str, str] = field(default_factory=dict)
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
@@ -155,6 +156,32 @@ def graph_inputs(model: onnx.ModelProto) -> list:
     return [value for value in model.graph.input if value.name not in initializers]
 
 
+def layer_names(model: onnx.ModelProto) -> dict[str, str]:
+    """``weight_key`` of each MatMul/Gemm/patchifying-Conv weight, as the Relax (in, out)
+    matrix saddc's passes see, -> the ONNX node's name. TVM's importer drops node names; the
+    weights themselves identify the layers."""
+    from onnx import numpy_helper  # pylint: disable=import-outside-toplevel
+
+    from saddc.passes.find_vit_blocks import weight_key  # pylint: disable=import-outside-toplevel
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    names = {}
+    for position, node in enumerate(model.graph.node):
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
+            continue
+        if node.input[1] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transB", 0):
+            weight = weight.T
+        elif node.op_type == "Conv":
+            weight = weight.reshape(weight.shape[0], -1).T
+        if weight.ndim == 2 and weight.dtype == "float32":
+            names.setdefault(weight_key(weight), node.name or f"{node.op_type}#{position}")
+    return names
+
+
 def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     """Load (if given a path), fold, check and import an ONNX model into Relax."""
     from tvm.relax.frontend.onnx import from_onnx  # pylint: disable=import-outside-toplevel
@@ -185,6 +212,7 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
         op_counts=op_counts,
         opset=opset,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
+        layer_names=layer_names(folded),
     )
 
 

@@ -1,5 +1,10 @@
 """saddc's Relax passes: one pass (or analysis) per module, named by what it does."""
 
 from .find_vit_blocks import AttentionBlock, LinearLayer, find_attention_blocks, find_linear_layers
+from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
+from .rewrite_patch_embedding_to_matmul import RewritePatchEmbeddingToMatmul
 
-__all__ = ["AttentionBlock", "LinearLayer", "find_attention_blocks", "find_linear_layers"]
+__all__ = [
+    "AttentionBlock", "LinearLayer", "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul",
+    "ShiftReport", "find_attention_blocks", "find_linear_layers",
+]

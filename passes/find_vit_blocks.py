@@ -1,33 +1,77 @@
 """Recognize the ViT building blocks saddc rewrites: linear layers and softmax attention.
 
-An analysis, not a transform: it reports what later rewrite passes will match, and is what
+An analysis, not a transform: it reports what the rewrite passes match, and is what
 ``saddc inspect`` prints. It expects a module after the pipeline's ``cleanup`` phase, where
-weights are plain constants.
+weights are plain constants (a Gemm's transposed weight is folded into a plain one there).
 
 Patterns (TVM's ``relax.dpl``):
 - linear:     ``matmul(x, const W)``, optionally followed by ``add(_, const b)``
 - attention:  ``matmul(softmax(s), V)`` where ``s`` is ``matmul(Q, K^T)``, optionally scaled by a
               constant (``multiply``/``divide``) before the softmax; Q, K, V are activations
+
+Each linear layer gets a role from the dataflow around it, so users can select layers by what
+they do whatever the exporter named them:
+- ``qkv``          its output reaches an attention matmul through reshapes/transposes/splits
+- ``attn-proj``    its input comes from an attention output through such ops
+- ``mlp-fc1``      its output reaches a GELU (``erf``/``gelu``) through elementwise ops or a
+                   depthwise conv, without crossing a matmul, softmax or normalization
+- ``mlp-fc2``      its input comes from a GELU the same way
+- ``patch-embed``  its input is the model input, rearranged (a patch embedding as a matmul)
+- ``head``         its output is the model output, rearranged
+- ``other``        none of these
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
+ROLES = ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "other")
+
+# Ops that only move or view data: a value keeps its meaning through them.
+_REARRANGING_OPS = frozenset({
+    "relax.reshape", "relax.permute_dims", "relax.split", "relax.strided_slice", "relax.take",
+    "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.astype", "relax.concat",
+})
+_SCALING_OPS = frozenset({"relax.multiply", "relax.divide"})
+# Elementwise arithmetic between a linear layer and its activation function.
+_ELEMENTWISE_OPS = frozenset({
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.conv2d",
+    "relax.nn.conv1d", "relax.tanh", "relax.power", "relax.sigmoid",
+})
+_ACTIVATION_OPS = frozenset({"relax.erf", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"})
+# How many ops may separate a linear layer from its GELU: erf-form GELU takes 3, and PVT's
+# MixFFN puts reshape, transpose, depthwise conv and bias add between fc1 and the GELU.
+_ACTIVATION_DISTANCE = 12
+
 
 @dataclass(frozen=True)
 class LinearLayer:
-    """``y = x @ W (+ b)`` with a constant ``W`` of shape (in_features, out_features)."""
+    """``y = x @ W (+ b)`` with a constant ``W`` of shape (in_features, out_features).
+
+    ``name`` is the ONNX node name when the caller supplies the weight-to-name map, else
+    ``linear[index]``. ``activation`` is the layer's input variable, ``matmul``/``output`` the
+    variables bound to the matmul and to the layer's result (the bias add when there is one);
+    ``weight``/``bias`` the constants (a bias is always ``out_features`` values).
+    """
 
     index: int
+    name: str
+    role: str
     input_shape: tuple
     in_features: int
     out_features: int
     has_bias: bool
+    activation: relax.Var = field(repr=False, compare=False)
+    matmul: relax.Var = field(repr=False, compare=False)
+    output: relax.Var = field(repr=False, compare=False)
+    weight: relax.Expr = field(repr=False, compare=False)
+    bias: relax.Expr | None = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,6 +84,14 @@ class AttentionBlock:
     key_tokens: int | str
     head_dim: int | str
     scale: str  # "before-softmax" (scaled scores), or "none" (scale folded into Q or K)
+    scores: relax.Var = field(repr=False, compare=False)
+    output: relax.Var = field(repr=False, compare=False)
+
+
+def weight_key(weight: np.ndarray) -> str:
+    """Identity of a weight matrix (K, N) by content, to find a layer's ONNX node name."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    return hashlib.sha1(repr(weight.shape).encode() + weight.tobytes()).hexdigest()
 
 
 def _dims(expr: relax.Expr) -> tuple:
@@ -50,7 +102,9 @@ def _dims(expr: relax.Expr) -> tuple:
 
 def _linear_pattern():
     matmul = is_op("relax.matmul")(wildcard(), is_const())
-    return matmul, is_op("relax.add")(matmul, is_const())
+    # Exporters put the bias on either side of the add.
+    add = is_op("relax.add")
+    return matmul, add(matmul, is_const()) | add(is_const(), matmul)
 
 
 def _attention_pattern():
@@ -68,32 +122,131 @@ def _bindings(func: relax.Function):
         yield from block.bindings
 
 
-def find_linear_layers(mod: tvm.IRModule, func_name: str = "main") -> list[LinearLayer]:
-    """Every matmul with a constant 2-D weight in ``func_name``, in program order."""
+class _Dataflow:
+    """Producers and users of each variable of a function, for walking the graph."""
+
+    def __init__(self, func: relax.Function):
+        self.value = {}
+        self.users: dict[relax.Var, list[relax.Var]] = {}
+        self.params = set(func.params)
+        for binding in _bindings(func):
+            self.value[binding.var] = binding.value
+            for operand in self.operands(binding.var):
+                self.users.setdefault(operand, []).append(binding.var)
+        self.returned = set(self._vars_in(func.body.body))
+
+    @staticmethod
+    def _vars_in(expr) -> list:
+        if isinstance(expr, relax.Var):
+            return [expr]
+        if isinstance(expr, relax.Tuple):
+            return [v for f in expr.fields for v in _Dataflow._vars_in(f)]
+        return []
+
+    def op(self, var) -> str | None:
+        value = self.value.get(var)
+        if isinstance(value, relax.TupleGetItem):
+            return "TupleGetItem"
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            return value.op.name
+        return None
+
+    def operands(self, var) -> list:
+        value = self.value.get(var)
+        if isinstance(value, relax.TupleGetItem):
+            return self._vars_in(value.tuple_value)
+        if isinstance(value, relax.Call):
+            return [v for arg in value.args for v in self._vars_in(arg)]
+        if isinstance(value, relax.Tuple):
+            return self._vars_in(value)
+        return []
+
+    def reach(self, start, forward: bool, through: frozenset, limit: int = 32):
+        """Variables reachable from ``start`` whose path passes only ``through`` ops (or
+        tuple plumbing), with their distance; the variables at the ends are included."""
+        seen, frontier, found = {start}, [(start, 0)], []
+        while frontier:
+            var, distance = frontier.pop()
+            nexts = self.users.get(var, []) if forward else self.operands(var)
+            for nxt in nexts:
+                if nxt in seen or distance >= limit:
+                    continue
+                seen.add(nxt)
+                found.append((nxt, distance + 1))
+                if self.op(nxt) in through or self.op(nxt) == "TupleGetItem" or (
+                    isinstance(self.value.get(nxt), relax.Tuple)
+                ):
+                    frontier.append((nxt, distance + 1))
+        return found
+
+
+def _role(flow: _Dataflow, activation, output, scores: set, attention_outputs: set) -> str:
+    rearranged = _REARRANGING_OPS
+    # Exported scaled-dot-product attention scales Q and K by sqrt(scale) each.
+    to_attention = [v for v, _ in flow.reach(output, True, rearranged | _SCALING_OPS)]
+    if any(v in scores or v in attention_outputs for v in to_attention):
+        return "qkv"
+    downstream = [v for v, _ in flow.reach(output, True, rearranged)]
+    upstream = [activation] + [v for v, _ in flow.reach(activation, False, rearranged)]
+    if any(v in attention_outputs for v in upstream):
+        return "attn-proj"
+    near = rearranged | _ELEMENTWISE_OPS
+    if any(flow.op(v) in _ACTIVATION_OPS
+           for v, _ in flow.reach(output, True, near, _ACTIVATION_DISTANCE)):
+        return "mlp-fc1"
+    if any(flow.op(v) in _ACTIVATION_OPS
+           for v, _ in flow.reach(activation, False, near, _ACTIVATION_DISTANCE)):
+        return "mlp-fc2"
+    if any(v in flow.params for v in upstream):
+        return "patch-embed"
+    if output in flow.returned or any(v in flow.returned for v in downstream):
+        return "head"
+    return "other"
+
+
+def find_linear_layers(
+    mod: tvm.IRModule, func_name: str = "main", names: dict[str, str] | None = None
+) -> list[LinearLayer]:
+    """Every matmul with a constant 2-D weight in ``func_name``, in program order.
+
+    ``names`` maps ``weight_key`` of a weight to its layer's name (the ONNX node's).
+    """
     func = mod[func_name]
     var2val = relax.analysis.get_var2val(func)
+    flow = _Dataflow(func)
+    attention = find_attention_blocks(mod, func_name)
+    scores = {block.scores for block in attention}
+    attention_outputs = {block.output for block in attention}
     matmul, with_bias = _linear_pattern()
-    biased = set()
+    bias_of = {}
     for binding in _bindings(func):
-        matched = with_bias.extract_matched_expr(binding.value, var2val)
-        if matched:
-            biased.add(matched[matmul])
+        if with_bias.extract_matched_expr(binding.value, var2val):
+            left, right = binding.value.args
+            product, bias = (left, right) if isinstance(left, relax.Var) else (right, left)
+            bias_of[product] = (binding.var, bias)
     layers = []
     for binding in _bindings(func):
-        matched = matmul.extract_matched_expr(binding.value, var2val)
-        if not matched:
+        if not matmul.extract_matched_expr(binding.value, var2val):
             continue
         activation, weight = binding.value.args
-        if len(_dims(weight)) != 2:
+        if len(_dims(weight)) != 2 or not isinstance(activation, relax.Var):
             continue
         in_features, out_features = _dims(weight)
+        # A bias add is part of the layer only when it is the matmul's one user.
+        output, bias = binding.var, None
+        if binding.var in bias_of and len(flow.users.get(binding.var, [])) == 1:
+            candidate = bias_of[binding.var]
+            if int(np.prod(_dims(candidate[1]))) == out_features == _dims(candidate[1])[-1]:
+                output, bias = candidate
+        index = len(layers)
+        name = (names or {}).get(weight_key(weight.value.numpy())) or f"linear[{index}]"
         layers.append(
             LinearLayer(
-                index=len(layers),
-                input_shape=_dims(activation),
-                in_features=in_features,
-                out_features=out_features,
-                has_bias=binding.value in biased,
+                index=index, name=name,
+                role=_role(flow, activation, output, scores, attention_outputs),
+                input_shape=_dims(activation), in_features=in_features,
+                out_features=out_features, has_bias=bias is not None,
+                activation=activation, matmul=binding.var, output=output, weight=weight, bias=bias,
             )
         )
     return layers
@@ -103,6 +256,7 @@ def find_attention_blocks(mod: tvm.IRModule, func_name: str = "main") -> list[At
     """Every ``softmax(Q K^T) V`` in ``func_name`` whose Q, K and V are activations."""
     func = mod[func_name]
     var2val = relax.analysis.get_var2val(func)
+    value_to_var = {binding.value: binding.var for binding in _bindings(func)}
     scores, scaled, attention = _attention_pattern()
     blocks = []
     for binding in _bindings(func):
@@ -123,6 +277,8 @@ def find_attention_blocks(mod: tvm.IRModule, func_name: str = "main") -> list[At
                 key_tokens=k_dims[-1],
                 head_dim=q_dims[-1],
                 scale="before-softmax" if scaled in matched else "none",
+                scores=value_to_var[qk],
+                output=binding.var,
             )
         )
     return blocks

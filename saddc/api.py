@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from saddc import artifacts
-from saddc.config import LowerConfig
+from saddc.config import LowerConfig, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
 from saddc.errors import SaddcError
 from saddc.pipeline import phases, run_phases
@@ -57,6 +57,7 @@ class CompileResult:
     manifest: dict = field(default_factory=dict)
     fatbin: list[FatbinEntry] = field(default_factory=list)
     nvcc: NvccStats | None = None
+    reports: dict = field(default_factory=dict)
 
     def summary_lines(self) -> list[str]:
         ops = ", ".join(f"{op} x{count}" for op, count in self.op_counts.most_common())
@@ -68,6 +69,8 @@ class CompileResult:
             f"rewrites applied:  {', '.join(self.rewrites) if self.rewrites else 'none'}",
             f"kernels emitted:   {self.kernels}",
         ]
+        for report in self.reports.values():
+            lines.extend(report.summary_lines())
         if self.fatbin:
             images = ", ".join(sorted({f"{e.kind} sm_{e.arch}" for e in self.fatbin}))
             lines.append(f"CUDA binary:       fatbin ({images}), nvcc {self.nvcc.seconds:.1f} s")
@@ -103,14 +106,17 @@ def compile(  # pylint: disable=redefined-builtin
     output: str | os.PathLike | None = None,
     dump_ir: str | os.PathLike | None = None,
     progress: bool = False,
+    shift: ShiftOptions | None = None,
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
+
+    ``shift`` rewrites the linear layers it selects into shift GEMMs (``ShiftOptions``).
 
     Every check on user input (target, arch, nvcc, output path, the model file) runs before the
     expensive work, and the ``.so`` and its manifest appear together or not at all.
     """
     started = time.perf_counter()
-    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir)
+    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift)
     output = artifacts.check_output_path(output) if output is not None else None
     if isinstance(model, tvm.IRModule):
         source = onnx_model = None
@@ -128,6 +134,7 @@ def compile(  # pylint: disable=redefined-builtin
             imported = import_onnx(onnx_model)
             mod, inputs, outputs = imported.mod, imported.inputs, imported.outputs
             op_counts = imported.op_counts
+            config.layer_names = imported.layer_names
         bar.done()
 
         def on_phase(name, _seconds):
@@ -142,7 +149,7 @@ def compile(  # pylint: disable=redefined-builtin
         bar.done()
         result = CompileResult(
             executable=executable, target=config.target, inputs=inputs, outputs=outputs,
-            op_counts=op_counts, rewrites=list(config.rewrites),
+            op_counts=op_counts, rewrites=list(config.rewrites), reports=dict(config.reports),
             kernels=sum(isinstance(f, tvm.tirx.PrimFunc) for f in lowered.functions.values()),
             seconds=0.0, nvcc=nvcc_stats,
         )
@@ -193,6 +200,7 @@ def _manifest(result: CompileResult, output: Path, source: Path | None) -> dict:
         "inputs": [spec.to_json() for spec in result.inputs],
         "outputs": [spec.to_json() for spec in result.outputs],
         "rewrites": result.rewrites,
+        **{name: report.to_json() for name, report in result.reports.items()},
         "kernels": result.kernels,
         "fatbin": [{"kind": e.kind, "arch": f"sm_{e.arch}", "bytes": e.size} for e in result.fatbin],
         "versions": versions,

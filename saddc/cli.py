@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from saddc.errors import SaddcError
+from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
 Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
 
   saddc compile model.onnx --target cuda --arch sm_90 -o model.so
+  saddc compile model.onnx --shift mlp --shift-lossy --calibration images.npy
   saddc inspect model.onnx
   saddc run model.so --input x.npy
 """
@@ -39,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
     compile_.add_argument("-q", "--quiet", action="store_true",
                           help="no progress bar (it shows only when stderr is a terminal)")
+    shift = compile_.add_argument_group(
+        "shift primitives", "turn linear layers into power-of-two shift GEMMs (see saddc inspect for roles)"
+    )
+    shift.add_argument("--shift", metavar="GROUPS",
+                       help="layers to rewrite, comma-separated: all, attn (qkv + attn-proj), mlp "
+                       "(mlp-fc1 + mlp-fc2), qkv, attn-proj, mlp-fc1, mlp-fc2, patch-embed, head, other")
+    shift.add_argument("--shift-skip", metavar="LIST", default="",
+                       help="layers to leave dense: first, last, layer indices, or name globs")
+    shift.add_argument("--shift-bits", type=int, choices=(4, 5), default=5,
+                       help="code width: 5 (2^[-14,0] of a channel scale, default) or 4 (2^[-6,0])")
+    shift.add_argument("--shift-lossy", action="store_true",
+                       help="allow rounding weights that are not powers of two (reports the error)")
+    shift.add_argument("--shift-kernel", choices=("auto", "add-only", "decode-mma"), default="auto",
+                       help="auto (by measured latency), add-only, or decode-mma (CUDA tensor cores)")
+    shift.add_argument("--calibration", metavar="FILE.npy",
+                       help="model inputs for the error report of lossy rewrites (default: "
+                       "synthetic N(0,1), with a warning)")
 
     inspect_ = commands.add_parser(
         "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
@@ -56,12 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compile(args) -> int:
-    from saddc.api import compile as compile_model  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from saddc.api import compile as compile_model
+    from saddc.config import ShiftOptions
 
     output = args.output or str(Path(args.model).with_suffix(".so"))
+    shift_flags = args.shift_skip or args.shift_lossy or args.calibration or args.shift_bits != 5 \
+        or args.shift_kernel != "auto"
+    if args.shift is None and shift_flags:
+        raise SaddcError("--shift-skip, --shift-bits, --shift-lossy, --shift-kernel and --calibration "
+                         "need --shift GROUPS")
+    shift = None if args.shift is None else ShiftOptions(
+        layers=args.shift, skip=args.shift_skip, bits=args.shift_bits, lossy=args.shift_lossy,
+        kernel=args.shift_kernel, calibration=args.calibration,
+    )
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output,
-        dump_ir=args.dump_ir, progress=not args.quiet and sys.stderr.isatty(),
+        dump_ir=args.dump_ir, progress=not args.quiet and sys.stderr.isatty(), shift=shift,
     )
     print("\n".join(result.summary_lines()))
     return 0
@@ -71,12 +101,14 @@ def cmd_inspect(args) -> int:
     # pylint: disable=import-outside-toplevel
     from saddc.config import LowerConfig
     from saddc.frontends import import_onnx
-    from saddc.passes import find_attention_blocks, find_linear_layers
+    from saddc.passes import RewritePatchEmbeddingToMatmul, find_attention_blocks, find_linear_layers
     from saddc.pipeline import cleanup_passes
     import tvm
 
     imported = import_onnx(args.model)
-    mod = tvm.transform.Sequential(cleanup_passes(LowerConfig()))(imported.mod)
+    # Show a patch embedding conv as the linear layer --shift patch-embed turns it into.
+    passes = cleanup_passes(LowerConfig()) + [RewritePatchEmbeddingToMatmul()]
+    mod = tvm.transform.Sequential(passes)(imported.mod)
     print(f"model: {args.model} (opset {imported.opset}, {imported.producer or 'unknown producer'})")
     for spec in imported.inputs:
         print(f"input   {spec.describe()}")
@@ -84,12 +116,12 @@ def cmd_inspect(args) -> int:
         print(f"output  {spec.describe()}")
     ops = ", ".join(f"{op} x{n}" for op, n in imported.op_counts.most_common())
     print(f"ops: {sum(imported.op_counts.values())} ({ops})")
-    linears = find_linear_layers(mod)
+    linears = find_linear_layers(mod, names=imported.layer_names)
     print(f"\nlinear layers: {len(linears)}")
     for layer in linears:
         bias = "+bias" if layer.has_bias else ""
-        print(f"  linear[{layer.index}]  {layer.in_features} -> {layer.out_features} {bias:<6} "
-              f"input {list(layer.input_shape)}")
+        print(f"  linear[{layer.index}]  {layer.role:<11} {layer.in_features} -> {layer.out_features} "
+              f"{bias:<6} input {list(layer.input_shape)}  {layer.name}")
     blocks = find_attention_blocks(mod)
     print(f"\nattention blocks: {len(blocks)}")
     for block in blocks:
@@ -149,8 +181,20 @@ def _read_npy(path: str):
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "run": cmd_run}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """saddc's own warnings as one line; others as Python prints them."""
+    if issubclass(category, SaddcWarning):
+        print(f"saddc: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
     except SaddcError as err:

@@ -28,7 +28,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saddc.errors import TargetError
@@ -148,11 +148,36 @@ def _driver_stub() -> Path:
 
 @dataclass
 class NvccStats:
-    """What the nvcc hook did during one build."""
+    """What the nvcc hook did during one build; ``sources`` keeps the CUDA code it compiled."""
 
     invocations: int = 0
     seconds: float = 0.0
     fatbin_bytes: int = 0
+    sources: list[str] = field(default_factory=list)
+
+
+def nvcc_compile(code: str, arch: str, output: str = "fatbin") -> bytes:
+    """Compile CUDA source with nvcc for ``arch`` to a ``fatbin`` (SASS + PTX) or ``ptx`` text."""
+    sm = arch[3:]
+    with tempfile.TemporaryDirectory(prefix="saddc-nvcc-") as tmp:
+        source, result_path = os.path.join(tmp, "kernels.cu"), os.path.join(tmp, f"kernels.{output}")
+        Path(source).write_text(code)
+        if output == "fatbin":
+            targets = ["-gencode", f"arch=compute_{sm},code=[sm_{sm},compute_{sm}]"]
+        else:
+            targets = [f"-arch=sm_{sm}"]
+        command = [
+            find_nvcc(), f"--{output}", "-O3", *targets,
+            # TVM's generated fp16/bf16 code uses the operator overloads nvcc hides by default.
+            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+            "--expt-relaxed-constexpr",
+            "-o", result_path, source,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise TargetError(f"nvcc failed on the generated kernels: {result.stderr.strip()[:2000]}")
+        return Path(result_path).read_bytes()
 
 
 @contextlib.contextmanager
@@ -160,31 +185,16 @@ def nvcc_fatbin_compiler(arch: str):
     """Install TVM's CUDA compile hook so kernels become an nvcc fatbin for ``arch``."""
     import tvm_ffi  # pylint: disable=import-outside-toplevel
 
-    nvcc = find_nvcc()
-    sm = arch[3:]
+    find_nvcc()
     stats = NvccStats()
 
     def compile_to_fatbin(code: str) -> bytearray:
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="saddc-nvcc-") as tmp:
-            source, fatbin = os.path.join(tmp, "kernels.cu"), os.path.join(tmp, "kernels.fatbin")
-            Path(source).write_text(code)
-            command = [
-                nvcc, "--fatbin", "-O3",
-                "-gencode", f"arch=compute_{sm},code=[sm_{sm},compute_{sm}]",
-                # TVM's generated fp16/bf16 code uses the operator overloads nvcc hides by default.
-                "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-                "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-                "--expt-relaxed-constexpr",
-                "-o", fatbin, source,
-            ]
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise TargetError(f"nvcc failed on the generated kernels: {result.stderr.strip()[:2000]}")
-            binary = bytearray(Path(fatbin).read_bytes())
+        binary = bytearray(nvcc_compile(code, arch, "fatbin"))
         stats.invocations += 1
         stats.seconds += time.perf_counter() - started
         stats.fatbin_bytes += len(binary)
+        stats.sources.append(code)
         return binary
 
     previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)

@@ -23,6 +23,14 @@ class TargetError(SaddcError):
     """Unknown target or architecture, or a toolchain the target needs is missing."""
 
 
+class ConfigError(SaddcError):
+    """An option's value is invalid, or the options ask for something the model lacks."""
+
+
+class RewriteError(SaddcError):
+    """A rewrite cannot apply to the model as asked (bad weights, lossy without opt-in)."""
+
+
 class OutputPathError(SaddcError):
     """The output path cannot be written."""
 
@@ -33,3 +41,8 @@ class ArtifactError(SaddcError):
 
 class InputError(SaddcError):
     """Inputs given to a compiled module do not match what it expects."""
+
+
+class SaddcWarning(UserWarning):
+    """Something the user should know about a result (synthetic calibration data, ...); the
+    CLI prints it as ``saddc: warning: <message>``."""

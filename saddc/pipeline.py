@@ -18,11 +18,18 @@ from pathlib import Path
 from typing import Callable
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
+from saddc import errors
 from saddc.config import LowerConfig
 
 PhaseCallback = Callable[[str, float], None]
+
+# saddc's passes raise SaddcErrors for bad user input; registered with TVM's FFI, they cross it
+# with their type and message intact, so the CLI reports them as one line.
+for _error in (errors.SaddcError, *errors.SaddcError.__subclasses__()):
+    tvm_ffi.register_error(_error)
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,16 @@ def cleanup_passes(config: LowerConfig) -> list:
 
 
 def reparameterize_passes(config: LowerConfig) -> list:
-    """saddc's rewrites; each later capability adds its pass here, gated by ``config``."""
-    del config
-    return []
+    """saddc's rewrites, each gated by ``config``; each records its report in ``config.reports``."""
+    # pylint: disable=import-outside-toplevel
+    from saddc.passes import RewriteLinearToShift, RewritePatchEmbeddingToMatmul
+
+    passes = []
+    if config.shift is not None:
+        if "patch-embed" in config.shift.roles:
+            passes.append(RewritePatchEmbeddingToMatmul())
+        passes.append(RewriteLinearToShift(config.shift, config.target, config.layer_names, config.reports))
+    return passes
 
 
 def legalize_passes(config: LowerConfig) -> list:
@@ -60,16 +74,20 @@ def legalize_passes(config: LowerConfig) -> list:
 
 
 def schedule_passes(config: LowerConfig) -> list:
-    if config.target.is_cuda:
-        from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from tvm.s_tir import dlight as dl
 
+    from saddc.schedules.rules import SaddcKernels
+
+    # saddc's kernels carry their own schedules; the rest of the model goes to DLight.
+    if config.target.is_cuda:
         return [
             dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                SaddcKernels(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
             )
         ]
-    return []
+    return [dl.ApplyDefaultSchedule(SaddcKernels())]
 
 
 def vm_lowering_passes(config: LowerConfig) -> list:
