@@ -1,5 +1,7 @@
 """The saddc demo: export the example ViTs, compile them for llvm and cuda, run the llvm
-modules, and report their agreement with ONNX Runtime.
+modules, and report their agreement with ONNX Runtime; then rewrite every linear layer into a
+shift GEMM (``--shift all --shift-lossy``) and check that module against ONNX Runtime on the
+same model with its weights rounded the same way, and against the original.
 
     python examples/demo.py --out out/demo
 
@@ -21,10 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import saddc  # noqa: E402
 from deit_tiny import deit_tiny  # noqa: E402
 from pvtv2_b0 import pvtv2_b0  # noqa: E402
+from saddc.config import ShiftOptions  # noqa: E402
 from saddc.errors import SaddcError  # noqa: E402
 from saddc.frontends.torch_export import export_onnx  # noqa: E402
+from saddc.nn import round_weights_to_shift  # noqa: E402
 
 MODELS = {"deit_tiny": deit_tiny, "pvtv2_b0": pvtv2_b0}
+# Modules the compiler's --shift all leaves alone: PVT's spatial-reduction convs are
+# patchifying convs, but not on the model input, so they are not a patch embedding.
+NOT_SHIFTED = {"deit_tiny": None, "pvtv2_b0": "*.sr"}
 IMAGE = (2, 3, 224, 224)
 
 
@@ -36,12 +43,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).standard_normal(IMAGE).astype("float32")
-    rows = []
+    rows, shift_rows = [], []
     for name, factory in MODELS.items():
         torch.manual_seed(0)
+        model = factory()
         onnx_path = out / f"{name}.onnx"
         print(f"== {name}: exporting to {onnx_path} (torch dynamo exporter, opset 18, symbolic batch)")
-        export_onnx(factory(), torch.from_numpy(x), onnx_path, "dynamo", 18, dynamic_batch=True)
+        export_onnx(model, torch.from_numpy(x), onnx_path, "dynamo", 18, dynamic_batch=True)
 
         for target, arch in (("llvm", None), ("cuda", args.arch)):
             print(f"== {name}: saddc compile --target {target}" + (f" --arch {arch}" if arch else ""))
@@ -61,20 +69,44 @@ def main() -> int:
         started = time.perf_counter()
         (reference,) = session.run(None, {"x": x})
         ort_seconds = time.perf_counter() - started
-        rel = float(np.abs(ours - reference).max() / np.abs(reference).max())
+        rel = _relative(ours, reference)
         top1 = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
         rows.append((name, rel, top1, saddc_seconds, ort_seconds))
+
+        print(f"== {name}: saddc compile --target llvm --shift all --shift-lossy")
+        calibration = np.random.default_rng(1).standard_normal(IMAGE).astype("float32")
+        shift = ShiftOptions("all", lossy=True, calibration=calibration)
+        result = saddc.compile(onnx_path, target="llvm", output=out / f"{name}_shift_llvm.so",
+                               shift=shift, progress=sys.stderr.isatty())
+        print("   " + "\n   ".join(result.summary_lines()))
+        rounded_path = out / f"{name}_pow2.onnx"
+        export_onnx(round_weights_to_shift(model, exclude=NOT_SHIFTED[name]), torch.from_numpy(x),
+                    rounded_path, "dynamo", 18, dynamic_batch=True)
+        (shifted,) = saddc.load(result.output)(x)
+        (rounded,) = ort.InferenceSession(str(rounded_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        shift_rows.append((name, _relative(shifted, rounded), _relative(shifted, reference),
+                           float(np.mean(shifted.argmax(-1) == reference.argmax(-1)))))
 
     print("\nAgreement of the saddc llvm modules with ONNX Runtime (batch of 2, 224x224):")
     print(f"{'model':<12} {'max rel err':>12} {'top-1 agree':>12} {'saddc s':>9} {'ORT s':>9}")
     for name, rel, top1, ours_s, ort_s in rows:
         print(f"{name:<12} {rel:>12.2e} {top1:>12.0%} {ours_s:>9.3f} {ort_s:>9.3f}")
     print("(one unwarmed run each: timings are indicative only; CPU schedules are issue #7's work)")
+    print("\nShift rewrite (--shift all --shift-lossy, 5-bit codes) of the llvm modules:")
+    print(f"{'model':<12} {'vs rounded ref':>15} {'vs original':>12} {'top-1 agree':>12}")
+    for name, rel_rounded, rel_original, top1 in shift_rows:
+        print(f"{name:<12} {rel_rounded:>15.2e} {rel_original:>12.2e} {top1:>12.0%}")
+    print("(random weights: the rounding error says nothing about a trained model's accuracy)")
     failing = [name for name, rel, *_ in rows if rel > 1e-4]
+    failing += [f"{name} (shift)" for name, rel, *_ in shift_rows if rel > 1e-4]
     if failing:
         print(f"FAIL: relative error above 1e-4 for {', '.join(failing)}")
         return 1
     return 0
+
+
+def _relative(actual, expected) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 if __name__ == "__main__":

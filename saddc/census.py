@@ -27,30 +27,30 @@ def _ptx_class(opcode: str) -> str | None:
     return None
 
 
+def _sections(text: str, start: re.Pattern):
+    """(name, body) for each section of ``text`` that ``start`` opens; a body runs to the next
+    section."""
+    starts = [(m.start(), m.group(1)) for m in start.finditer(text)]
+    for index, (offset, name) in enumerate(starts):
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(text)
+        yield name, text[offset:end]
+
+
 def ptx_census(ptx: str) -> dict[str, collections.Counter]:
     """Per kernel (``.entry``): counts of ``float_mul`` (mul/fma/mad on float types), ``mma``,
     ``int_mul`` and ``float_add`` instructions in PTX text."""
-    starts = [(m.start(), m.group(1)) for m in _PTX_ENTRY.finditer(ptx)]
     census = {}
-    for index, (start, name) in enumerate(starts):
-        end = starts[index + 1][0] if index + 1 < len(starts) else len(ptx)
-        counts = collections.Counter()
-        for match in _PTX_INSTRUCTION.finditer(ptx[start:end]):
-            kind = _ptx_class(match.group(1))
-            if kind:
-                counts[kind] += 1
-        census[name] = counts
+    for name, body in _sections(ptx, _PTX_ENTRY):
+        kinds = (_ptx_class(match.group(1)) for match in _PTX_INSTRUCTION.finditer(body))
+        census[name] = collections.Counter(kind for kind in kinds if kind)
     return census
 
 
 def llvm_census(llvm_ir: str) -> dict[str, collections.Counter]:
     """Per defined function: counts of ``float_mul`` (``fmul``, ``llvm.fma``, ``llvm.fmuladd``),
     ``int_mul`` and ``float_add`` in LLVM IR text."""
-    starts = [(m.start(), m.group(1)) for m in _LLVM_DEFINE.finditer(llvm_ir)]
     census = {}
-    for index, (start, name) in enumerate(starts):
-        end = llvm_ir.find("\n}\n", start)
-        body = llvm_ir[start : end if end >= 0 else len(llvm_ir)]
+    for name, body in _sections(llvm_ir, _LLVM_DEFINE):
         counts = collections.Counter()
         counts["float_mul"] = len(re.findall(r"=\s*fmul\b|@llvm\.fma\.|@llvm\.fmuladd\.", body))
         counts["int_mul"] = len(re.findall(r"=\s*mul\b", body))

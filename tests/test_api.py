@@ -63,6 +63,10 @@ def test_compile_load_roundtrip_from_an_irmodule(tmp_path):
     (out,) = module(x)
     np.testing.assert_allclose(out, reference(x, *weights), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(module.run({"x": x})["output0"], out)
+    times = module.time(x, repeat=3, min_repeat_ms=1)
+    assert len(times) == 3 and all(0 < t < 1 for t in times)
+    with pytest.raises(InputError):
+        module.time(x[:2])
 
 
 def test_load_rejects_mismatched_inputs(tmp_path):

@@ -29,17 +29,20 @@ def exported(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("arch,linears,attention", [
-    # depth 2 x (qkv, proj, fc1, fc2) + head
-    ("deit-own-fused", 9, 2),
-    # depth 2 x (q, k, v, proj, fc1, fc2) + head
-    ("deit-own-separate", 13, 2),
-    # 2 stages x 1 block x (q, kv, proj, fc1, fc2) + head
-    ("pvtv2-own", 11, 2),
+@pytest.mark.parametrize("arch,roles,attention", [
+    # patch embedding (a patchifying conv) + depth 2 x (qkv, proj, fc1, fc2) + head
+    ("deit-own-fused", ["patch-embed"] + ["qkv", "attn-proj", "mlp-fc1", "mlp-fc2"] * 2 + ["head"], 2),
+    # depth 2 x (q, k, v, proj, fc1, fc2)
+    ("deit-own-separate", ["patch-embed"] + ["qkv"] * 3 + ["attn-proj", "mlp-fc1", "mlp-fc2"] * 1
+     + ["qkv"] * 3 + ["attn-proj", "mlp-fc1", "mlp-fc2"] + ["head"], 2),
+    # 2 stages x 1 block x (q, kv, proj, fc1, fc2) + head; PVT's overlapping patch conv stays a conv
+    ("pvtv2-own", ["qkv", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2"] * 2 + ["head"], 2),
 ])
-def test_inspect_counts_blocks(exported, arch, linears, attention):
+def test_inspect_counts_blocks(exported, arch, roles, attention):
     out = saddc_cli("inspect", exported[arch])
-    assert f"linear layers: {linears}" in out
+    assert f"linear layers: {len(roles)}" in out
+    listed = [line.split()[1] for line in out.splitlines() if line.strip().startswith("linear[")]
+    assert listed == roles
     assert f"attention blocks: {attention}" in out
 
 
@@ -53,7 +56,7 @@ def test_inspect_reports_spatial_reduction(exported):
 def test_inspect_reports_class_token_sequence(exported):
     out = saddc_cli("inspect", exported["deit-own-fused"])
     assert "heads 2  query tokens 17  key tokens 17  head dim 16  scale before-softmax" in out
-    assert "linear[0]  32 -> 96 +bias  input [1, 17, 32]" in out
+    assert "linear[1]  qkv         32 -> 96 +bias  input [1, 17, 32]" in out
 
 
 def test_compile_summary_and_run(exported, tmp_path):

@@ -157,6 +157,7 @@ def test_variant_choice_is_explained():
     variant, reason = shift_gemm.choose_variant("cuda-sm_99", 197, 192, 576, 5)
     assert variant == shift_gemm.ADD_ONLY and "no cuda-sm_99 latency measured" in reason
     assert shift_gemm.choose_variant("cuda-sm_90", 197, 192, 576, 5, "decode-mma") == ("decode-mma", "requested")
+    assert "without tensor cores" in shift_gemm.choose_variant("cuda-sm_90", 3136, 32, 64, 5, "decode-mma")[1]
     with pytest.raises(ValueError, match="tensor cores"):
         shift_gemm.choose_variant("llvm", 197, 192, 576, 5, "decode-mma")
 
@@ -173,3 +174,24 @@ def test_ptx_census_counts_float_multiplies():
     census = ptx_census(ptx)
     assert census["k1"] == {"int_mul": 1, "float_add": 1, "float_mul": 1}
     assert census["k2"] == {"mma": 1, "float_mul": 1}
+
+
+def test_variant_choice_follows_measured_latency(tmp_path, monkeypatch):
+    table = {"cuda-sm_90": [
+        {"rows": 197, "in_features": 192, "out_features": 576, "bits": 5, "device": "NVIDIA H100",
+         "us": {"add-only": 30.0, "decode-mma": 12.5}},
+        {"rows": 6304, "in_features": 192, "out_features": 576, "bits": 5, "device": "NVIDIA H100",
+         "us": {"add-only": 20.0, "decode-mma": 40.0}},
+    ]}
+    path = tmp_path / "latency.json"
+    path.write_text(__import__("json").dumps(table))
+    monkeypatch.setattr(shift_gemm, "LATENCY_TABLE", path)
+    shift_gemm._latency_table.cache_clear()
+    try:
+        variant, reason = shift_gemm.choose_variant("cuda-sm_90", 394, 192, 576, 5)
+        assert variant == "decode-mma"
+        assert reason == "measured at 197 rows on NVIDIA H100: add-only 30.0 us, decode-mma 12.5 us"
+        assert shift_gemm.choose_variant("cuda-sm_90", 5000, 192, 576, 5)[0] == "add-only"
+        assert shift_gemm.choose_variant("cuda-sm_90", 197, 192, 576, 4)[0] == "add-only"  # 4-bit: not measured
+    finally:
+        shift_gemm._latency_table.cache_clear()

@@ -5,8 +5,6 @@ with ONNX Runtime on the model whose torch weights were rounded the same way (sh
 each selected weight), so every compiled output is checked against an independent reference.
 """
 
-import copy
-import fnmatch
 import json
 
 import numpy as np
@@ -22,27 +20,9 @@ from saddc.census import ptx_census
 from saddc.config import ShiftOptions
 from saddc.errors import ConfigError, RewriteError
 from saddc.frontends.torch_export import export_onnx
-from saddc.schedules import shift_codes
+from saddc.nn import round_weights_to_shift
 
 TOLERANCE = 1e-5
-
-
-def round_weights_to_shift(model: torch.nn.Module, names: str = "*", bits: int = 5) -> torch.nn.Module:
-    """A copy of ``model`` whose Linear (and patchifying Conv) weights matching the glob
-    ``names`` hold their shift-format values, encoded as the compiler encodes them."""
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not fnmatch.fnmatchcase(name, names):
-                continue
-            if isinstance(module, torch.nn.Linear) or (
-                isinstance(module, torch.nn.Conv2d) and module.stride == module.kernel_size
-            ):
-                weight = module.weight.detach().numpy()
-                matrix = weight.reshape(weight.shape[0], -1).T  # (in, out), as Relax sees it
-                decoded = shift_codes.encode(matrix, bits).decode().T.reshape(weight.shape)
-                module.weight.copy_(torch.from_numpy(decoded))
-    return model
 
 
 def export(model, path, exporter="legacy", opset=17, dynamic_batch=False):
@@ -61,14 +41,9 @@ def models(tmp_path_factory):
         "deit-pow2-batch": export(round_weights_to_shift(deit), root / "deit-pow2-b.onnx", dynamic_batch=True),
         "deit-pow2-4bit": export(round_weights_to_shift(deit, bits=4), root / "deit-pow2-4.onnx"),
         "pvt": export(pvt, root / "pvt.onnx"),
-        "pvt-mlp-rounded": export(round_weights_to_shift(pvt, "*mlp.fc*"), root / "pvt-mlp.onnx"),
+        "pvt-mlp-rounded": export(round_weights_to_shift(pvt, include="*mlp.fc*"), root / "pvt-mlp.onnx"),
         "root": root,
     }
-
-
-def compiled_output(result, x):
-    module = saddc.load(result.output)
-    return module(x)[0] if isinstance(module(x), (list, tuple)) else module(x)
 
 
 def run_module(path, x):
@@ -246,3 +221,14 @@ def test_inspect_shows_roles_and_onnx_names(models):
     assert result.returncode == 0, result.stderr
     assert "linear[0]  patch-embed 192 -> 32" in result.stdout
     assert "qkv         32 -> 96 +bias  input [1, 17, 32]  /blocks/blocks.0/attn/qkv/MatMul" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["add-only", "decode-mma"])
+def test_cuda_shift_module_runs_and_matches_onnxruntime(models, tmp_path, kernel):
+    result = saddc.compile(models["deit-pow2"], target="cuda", shift=ShiftOptions("all", kernel=kernel),
+                           output=tmp_path / "cuda.so")
+    x = random_input(IMAGE, seed=12)
+    (expected,) = ort_outputs(models["deit-pow2"], {"x": x})
+    # decode-mma rounds activations to fp16; add-only is exact up to summation order.
+    assert relative_error(run_module(result.output, x), expected) <= (2e-3 if kernel == "decode-mma" else TOLERANCE)
