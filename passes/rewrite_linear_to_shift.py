@@ -138,7 +138,8 @@ def _skip_matches(token: str, layer: LinearLayer, layers: list[LinearLayer]) -> 
     if token == "last":
         return layer.index == layers[-1].index
     if token.lstrip("-").isdigit():
-        return layer.index == int(token) % len(layers)
+        position = int(token)  # negative counts from the end, as in Python
+        return -len(layers) <= position < len(layers) and layer.index == position % len(layers)
     return fnmatch.fnmatchcase(layer.name, token)
 
 

@@ -142,6 +142,8 @@ def test_requests_that_cannot_apply_are_clear_errors(models):
         saddc.compile(models["deit-pow2"], shift=ShiftOptions("other"))
     with pytest.raises(ConfigError, match="--shift-skip 'nothing-like-this' matches no linear layer"):
         saddc.compile(models["deit-pow2"], shift=ShiftOptions("all", skip="nothing-like-this"))
+    with pytest.raises(ConfigError, match="--shift-skip '10' matches no linear layer"):
+        saddc.compile(models["deit-pow2"], shift=ShiftOptions("all", skip="10"))
     with pytest.raises(ConfigError, match="unknown shift layer group 'ffn'"):
         ShiftOptions("mlp,ffn")
     with pytest.raises(ConfigError, match="calibration file not found"):
