@@ -88,6 +88,15 @@ class AttentionBlock:
     output: relax.Var = field(repr=False, compare=False)
 
 
+@dataclass(frozen=True)
+class SkippedSoftmax:
+    """A softmax that is not recognized as attention, and why."""
+
+    index: int
+    shape: tuple
+    reason: str
+
+
 def weight_key(weight: np.ndarray) -> str:
     """Identity of a weight matrix (K, N) by content, to find a layer's ONNX node name."""
     weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -282,3 +291,38 @@ def find_attention_blocks(mod: tvm.IRModule, func_name: str = "main") -> list[At
             )
         )
     return blocks
+
+
+def find_skipped_softmax(mod: tvm.IRModule, func_name: str = "main") -> list[SkippedSoftmax]:
+    """Every softmax in ``func_name`` that ``find_attention_blocks`` does not recognize, with the
+    reason, so that attention a rewrite leaves alone is reported, not silently skipped."""
+    func = mod[func_name]
+    flow = _Dataflow(func)
+    recognized = {block.output for block in find_attention_blocks(mod, func_name)}
+    skipped = []
+    for binding in _bindings(func):
+        if flow.op(binding.var) != "relax.nn.softmax":
+            continue
+        users = flow.users.get(binding.var, [])
+        if any(user in recognized for user in users):
+            continue
+        skipped.append(SkippedSoftmax(len(skipped), _dims(binding.var), _why_not_attention(flow, binding.var)))
+    return skipped
+
+
+def _why_not_attention(flow: _Dataflow, softmax: relax.Var) -> str:
+    users = flow.users.get(softmax, [])
+    if not any(flow.op(u) == "relax.matmul" and flow.value[u].args[0].same_as(softmax) for u in users):
+        return "its output is not multiplied with values (no matmul(softmax, V))"
+    scores = flow.value[softmax].args[0]
+    while flow.op(scores) in _SCALING_OPS and isinstance(flow.value[scores].args[1], tvm.ir.GenericConst):
+        scores = flow.value[scores].args[0]
+    op = flow.op(scores)
+    if op == "relax.add":
+        if any(isinstance(arg, tvm.ir.GenericConst) for arg in flow.value[scores].args):
+            return ("a constant bias is added to the scores before the softmax (relative position "
+                    "or attention bias, as in Swin's window attention and LeViT); not rewritten")
+        return "an activation (a mask?) is added to the scores before the softmax; not rewritten"
+    if op == "relax.matmul":
+        return "one of Q, K or V is a constant, not an activation"
+    return f"its input comes from {op or 'a non-op value'}, not from a Q K^T matmul"

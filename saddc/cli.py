@@ -101,7 +101,9 @@ def cmd_inspect(args) -> int:
     # pylint: disable=import-outside-toplevel
     from saddc.config import LowerConfig
     from saddc.frontends import import_onnx
-    from saddc.passes import RewritePatchEmbeddingToMatmul, find_attention_blocks, find_linear_layers
+    from saddc.passes import (
+        RewritePatchEmbeddingToMatmul, find_attention_blocks, find_linear_layers, find_skipped_softmax,
+    )
     from saddc.pipeline import cleanup_passes
     import tvm
 
@@ -127,6 +129,11 @@ def cmd_inspect(args) -> int:
     for block in blocks:
         print(f"  attention[{block.index}]  heads {block.heads}  query tokens {block.query_tokens}  "
               f"key tokens {block.key_tokens}  head dim {block.head_dim}  scale {block.scale}")
+    skipped = find_skipped_softmax(mod)
+    if skipped:
+        print(f"\nsoftmax not recognized as attention: {len(skipped)}")
+        for site in skipped:
+            print(f"  softmax[{site.index}]  {list(site.shape)}: {site.reason}")
     return 0
 
 
