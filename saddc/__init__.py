@@ -16,6 +16,7 @@ _LAZY = {
     "compile": ("saddc.api", "compile"),
     "CompileResult": ("saddc.api", "CompileResult"),
     "LowerConfig": ("saddc.config", "LowerConfig"),
+    "ShiftOptions": ("saddc.config", "ShiftOptions"),
     "load": ("saddc.runtime", "load"),
     "CompiledModule": ("saddc.runtime", "CompiledModule"),
     "SaddcError": ("saddc.errors", "SaddcError"),
