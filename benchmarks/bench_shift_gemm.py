@@ -27,15 +27,13 @@ the timing half also runs on a machine with only the runtime (the GPU machine):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from saddc import benchmarking
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -118,31 +116,6 @@ def build(target: str, out_dir: Path, batches) -> None:
         json.dumps({"target": target, "bits": BITS, "modules": plan, "skipped": skipped}, indent=1))
 
 
-def _machine(is_cuda: bool) -> dict:
-    info = {"host": platform.node(), "cpu": _cpu_name(), "cores": os.cpu_count()}
-    if is_cuda:
-        import torch  # pylint: disable=import-outside-toplevel
-
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _slug(machine: dict) -> str:
-    """A file-name tag for the machine: its GPU, or its CPU and core count."""
-    name = machine.get("gpu") or f"{machine['cpu']} {machine['cores']}core"
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _torch_times(batch, tokens, weight, dtype, repeat) -> list[float]:
     """cuBLAS through torch.matmul, timed with CUDA events (seconds per call)."""
     import torch  # pylint: disable=import-outside-toplevel
@@ -172,7 +145,7 @@ def run(build_dir: Path, repeat: int, record: bool, out: Path | None) -> dict:
 
     plan = json.loads((build_dir / "plan.json").read_text())
     is_cuda = plan["target"] == "cuda"
-    machine = _machine(is_cuda)
+    machine = benchmarking.machine(is_cuda)
     rows = []
     entries = list(plan["modules"])
     if is_cuda:
@@ -188,8 +161,7 @@ def run(build_dir: Path, repeat: int, record: bool, out: Path | None) -> dict:
             times = module.time(x, repeat=repeat)
         row = {key: entry[key] for key in ("model", "layer", "in_features", "out_features", "tokens",
                                            "batch", "variant", "weight_bytes")}
-        row.update(median_us=statistics.median(times) * 1e6, min_us=min(times) * 1e6,
-                   max_us=max(times) * 1e6, repeats=len(times))
+        row.update(benchmarking.summary(times))
         if is_cuda:
             element = 2 if entry["dtype"] == "float16" else 4
             moved = row["weight_bytes"] + batch * tokens * (k + n) * element
@@ -199,7 +171,7 @@ def run(build_dir: Path, repeat: int, record: bool, out: Path | None) -> dict:
     _add_ratios(rows)
     result = {
         "benchmark": "shift_gemm", "target": plan["target"], "bits": plan["bits"], "machine": machine,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": benchmarking.now(),
         "method": f"median of {repeat} repeats after a warm-up; each repeat averages calls "
                   "filling >= 100 ms (torch: 20 calls, CUDA events); all variants in one process",
         "skipped": plan.get("skipped", []),
@@ -226,7 +198,7 @@ def _record_latency(result) -> None:
     from saddc.schedules import shift_gemm  # pylint: disable=import-outside-toplevel
 
     machine = result["machine"]
-    key = "llvm" if result["target"] == "llvm" else f"cuda-{_gpu_arch()}"
+    key = "llvm" if result["target"] == "llvm" else f"cuda-{benchmarking.gpu_arch()}"
     table = json.loads(shift_gemm.LATENCY_TABLE.read_text()) if shift_gemm.LATENCY_TABLE.exists() else {}
     entries = {}
     for row in result["rows"]:
@@ -240,13 +212,6 @@ def _record_latency(result) -> None:
     table[key] = list(entries.values())
     shift_gemm.LATENCY_TABLE.write_text(json.dumps(table, indent=1) + "\n")
     print(f"recorded {len(entries)} shapes for {key} in {shift_gemm.LATENCY_TABLE}", file=sys.stderr)
-
-
-def _gpu_arch() -> str:
-    import torch  # pylint: disable=import-outside-toplevel
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return f"sm_{major}{minor}"
 
 
 def _print_table(result) -> None:
@@ -280,8 +245,8 @@ def main() -> int:
     if not args.run:
         build(args.target, build_dir, batches)
     plan = json.loads((build_dir / "plan.json").read_text())
-    machine = _machine(plan["target"] == "cuda")
-    default = RESULTS / f"shift_gemm_{plan['target']}_{_slug(machine)}.json"
+    machine = benchmarking.machine(plan["target"] == "cuda")
+    default = RESULTS / f"shift_gemm_{plan['target']}_{benchmarking.machine_slug(machine)}.json"
     run(build_dir, args.repeat, args.record, Path(args.out) if args.out else default)
     return 0
 

@@ -1,44 +1,55 @@
 """DeiT-Tiny (Touvron et al., 2021): a plain ViT with a class token.
 
 Defaults give DeiT-Tiny (224x224, patch 16, dim 192, depth 12, 3 heads, MLP 768, 5.7 M
-parameters). ``fused_qkv=False`` uses separate q/k/v linears, as some exports have.
+parameters). ``fused_qkv=False`` uses separate q/k/v linears, as some exports have;
+``shared_qk=True`` one projection for queries and keys (ShiftAddViT's ``to_qk``). Each block's
+attention core is ``saddc.nn.SoftmaxAttention``; ``saddc.nn.replace_attention`` swaps it for
+the additive or Taylor forms.
 """
 
 import torch
 from torch import nn
 
+from saddc.nn import SoftmaxAttention
+
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, fused_qkv: bool = True):
+    def __init__(self, dim: int, heads: int, fused_qkv: bool = True, shared_qk: bool = False):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.scale = self.head_dim ** -0.5
-        self.fused_qkv = fused_qkv
-        if fused_qkv:
+        self.fused_qkv, self.shared_qk = fused_qkv, shared_qk
+        if shared_qk:
+            self.qk, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        elif fused_qkv:
             self.qkv = nn.Linear(dim, 3 * dim)
         else:
             self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
+        self.core = SoftmaxAttention(heads, self.head_dim)
 
     def forward(self, x):
         batch, tokens, dim = x.shape
-        if self.fused_qkv:
+
+        def heads(t):
+            return t.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+
+        if self.shared_qk:
+            q = k = heads(self.qk(x))
+            v = heads(self.v(x))
+        elif self.fused_qkv:
             qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
         else:
-            q, k, v = (
-                layer(x).reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
-                for layer in (self.q, self.k, self.v)
-            )
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, dim))
+            q, k, v = (heads(layer(x)) for layer in (self.q, self.k, self.v))
+        return self.proj(self.core(q, k, v, self.scale).transpose(1, 2).reshape(batch, tokens, dim))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, fused_qkv: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, fused_qkv: bool, shared_qk: bool):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, fused_qkv)
+        self.attn = Attention(dim, heads, fused_qkv, shared_qk)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -49,7 +60,7 @@ class Block(nn.Module):
 
 class DeiT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, dim=192,
-                 depth=12, heads=3, mlp_ratio=4.0, fused_qkv=True):
+                 depth=12, heads=3, mlp_ratio=4.0, fused_qkv=True, shared_qk=False):
         super().__init__()
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, patch_size)
         tokens = (img_size // patch_size) ** 2
@@ -57,7 +68,7 @@ class DeiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, fused_qkv) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, fused_qkv, shared_qk) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 

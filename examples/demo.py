@@ -1,7 +1,11 @@
 """The saddc demo: export the example ViTs, compile them for llvm and cuda, run the llvm
-modules, and report their agreement with ONNX Runtime; then rewrite every linear layer into a
-shift GEMM (``--shift all --shift-lossy``) and check that module against ONNX Runtime on the
-same model with its weights rounded the same way, and against the original.
+modules, and report their agreement with ONNX Runtime; then
+
+- rewrite every linear layer into a shift GEMM (``--shift all --shift-lossy``) and check that
+  module against ONNX Runtime on the same model with its weights rounded the same way;
+- replace softmax attention with additive and with Taylor attention (``--attention``), check
+  the llvm modules against the torch model whose attention cores were replaced the same way,
+  and build them for cuda.
 
     python examples/demo.py --out out/demo
 
@@ -23,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import saddc  # noqa: E402
 from deit_tiny import deit_tiny  # noqa: E402
 from pvtv2_b0 import pvtv2_b0  # noqa: E402
-from saddc.config import ShiftOptions  # noqa: E402
+from saddc.config import AttentionOptions, ShiftOptions  # noqa: E402
 from saddc.errors import SaddcError  # noqa: E402
 from saddc.frontends.torch_export import export_onnx  # noqa: E402
-from saddc.nn import round_weights_to_shift  # noqa: E402
+from saddc.nn import replace_attention, round_weights_to_shift  # noqa: E402
 
 MODELS = {"deit_tiny": deit_tiny, "pvtv2_b0": pvtv2_b0}
 # Modules the compiler's --shift all leaves alone: PVT's spatial-reduction convs are
@@ -43,7 +47,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).standard_normal(IMAGE).astype("float32")
-    rows, shift_rows = [], []
+    rows, shift_rows, attention_rows = [], [], []
     for name, factory in MODELS.items():
         torch.manual_seed(0)
         model = factory()
@@ -87,6 +91,23 @@ def main() -> int:
         shift_rows.append((name, _relative(shifted, rounded), _relative(shifted, reference),
                            float(np.mean(shifted.argmax(-1) == reference.argmax(-1)))))
 
+        for mode in ("additive", "taylor"):
+            attention = AttentionOptions(mode, calibration=calibration)
+            for target in ("llvm", "cuda"):
+                print(f"== {name}: saddc compile --target {target} --attention {mode}")
+                result = saddc.compile(onnx_path, target=target, arch=args.arch if target == "cuda" else None,
+                                       output=out / f"{name}_{mode}_{target}.so", attention=attention,
+                                       progress=sys.stderr.isatty())
+                print("   " + "\n   ".join(result.summary_lines()))
+            report = result.reports["attention"]
+            kept = {site.index for site in report.sites if site.exactness is None}
+            with torch.no_grad():
+                expected = replace_attention(model, mode, skip=kept)(torch.from_numpy(x)).numpy()
+            (ours,) = saddc.load(out / f"{name}_{mode}_llvm.so")(x)
+            attention_rows.append((name, mode, _relative(ours, expected), _relative(ours, reference),
+                                   min(site.output_cosine for site in report.changed),
+                                   float(np.mean(ours.argmax(-1) == reference.argmax(-1)))))
+
     print("\nAgreement of the saddc llvm modules with ONNX Runtime (batch of 2, 224x224):")
     print(f"{'model':<12} {'max rel err':>12} {'top-1 agree':>12} {'saddc s':>9} {'ORT s':>9}")
     for name, rel, top1, ours_s, ort_s in rows:
@@ -97,8 +118,14 @@ def main() -> int:
     for name, rel_rounded, rel_original, top1 in shift_rows:
         print(f"{name:<12} {rel_rounded:>15.2e} {rel_original:>12.2e} {top1:>12.0%}")
     print("(random weights: the rounding error says nothing about a trained model's accuracy)")
+    print("\nAttention replaced (--attention; 16-bit SimHash codes for additive) in the llvm modules:")
+    print(f"{'model':<12} {'mode':<10} {'vs torch ref':>13} {'vs original':>12} {'min block cos':>14} {'top-1 agree':>12}")
+    for name, mode, rel_reference, rel_original, cosine, top1 in attention_rows:
+        print(f"{name:<12} {mode:<10} {rel_reference:>13.2e} {rel_original:>12.2e} {cosine:>14.4f} {top1:>12.0%}")
+    print("(the torch reference is the model with the same attention cores: saddc.nn.replace_attention)")
     failing = [name for name, rel, *_ in rows if rel > 1e-4]
     failing += [f"{name} (shift)" for name, rel, *_ in shift_rows if rel > 1e-4]
+    failing += [f"{name} ({mode})" for name, mode, rel, *_ in attention_rows if rel > 1e-4]
     if failing:
         print(f"FAIL: relative error above 1e-4 for {', '.join(failing)}")
         return 1

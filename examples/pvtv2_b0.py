@@ -2,11 +2,14 @@
 depthwise 3x3 conv in its MLP.
 
 Defaults give PVTv2-b0 (224x224; dims 32/64/160/256, depths 2/2/2/2, heads 1/2/5/8,
-spatial reduction 8/4/2/1, MLP ratios 8/8/4/4; 3.7 M parameters).
+spatial reduction 8/4/2/1, MLP ratios 8/8/4/4; 3.7 M parameters). Each block's attention
+core is ``saddc.nn.SoftmaxAttention``; ``saddc.nn.replace_attention`` swaps it.
 """
 
 import torch
 from torch import nn
+
+from saddc.nn import SoftmaxAttention
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -29,6 +32,7 @@ class SpatialReductionAttention(nn.Module):
         self.heads, self.head_dim = heads, dim // heads
         self.scale = self.head_dim ** -0.5
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.core = SoftmaxAttention(heads, self.head_dim)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
@@ -42,8 +46,7 @@ class SpatialReductionAttention(nn.Module):
             x = self.norm(reduced.flatten(2).transpose(1, 2))
         kv = self.kv(x).reshape(batch, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv[0], kv[1]
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, dim))
+        return self.proj(self.core(q, k, v, self.scale).transpose(1, 2).reshape(batch, tokens, dim))
 
 
 class MixFFN(nn.Module):

@@ -7,7 +7,12 @@ weights are plain constants (a Gemm's transposed weight is folded into a plain o
 Patterns (TVM's ``relax.dpl``):
 - linear:     ``matmul(x, const W)``, optionally followed by ``add(_, const b)``
 - attention:  ``matmul(softmax(s), V)`` where ``s`` is ``matmul(Q, K^T)``, optionally scaled by a
-              constant (``multiply``/``divide``) before the softmax; Q, K, V are activations
+              constant (``multiply``/``divide``) before the softmax; Q, K, V are activations.
+              The scale may also sit before the matmul, on Q or K (exported scaled-dot-product
+              attention scales each by the square root); the block reports where. Fused or
+              separate q/k/v projections, a class token and keys from a shorter sequence (PVT's
+              spatial-reduction attention) all match: only the dataflow at the core is read.
+              Consecutive blocks with the same heads, token counts and head dim form a stage.
 
 Each linear layer gets a role from the dataflow around it, so users can select layers by what
 they do whatever the exporter named them:
@@ -76,15 +81,29 @@ class LinearLayer:
 
 @dataclass(frozen=True)
 class AttentionBlock:
-    """``softmax(Q K^T * scale) V``: query and key/value token counts, heads, head dim."""
+    """``softmax(Q K^T * scale) V``: token counts, heads, head and value dims, and the scale.
+
+    ``scale`` says where the model applies it: ``scores`` (after ``Q K^T``), ``query``, ``key``,
+    ``query and key`` (before the matmul), or ``none``; ``score_scale`` is the constant the
+    scores themselves are multiplied by (1.0 when the scale sits on Q or K, which are then
+    taken as they enter the matmul). ``query``, ``key_t`` and ``value`` are those operands:
+    Q (..., Nq, d), K^T (..., d, Nk), V (..., Nk, dv).
+    """
 
     index: int
+    stage: int
     heads: int | str
     query_tokens: int | str
     key_tokens: int | str
     head_dim: int | str
-    scale: str  # "before-softmax" (scaled scores), or "none" (scale folded into Q or K)
+    value_dim: int | str
+    scale: str
+    score_scale: float
+    query: relax.Expr = field(repr=False, compare=False)
+    key_t: relax.Expr = field(repr=False, compare=False)
+    value: relax.Expr = field(repr=False, compare=False)
     scores: relax.Var = field(repr=False, compare=False)
+    softmax: relax.Var = field(repr=False, compare=False)
     output: relax.Var = field(repr=False, compare=False)
 
 
@@ -103,7 +122,7 @@ def weight_key(weight: np.ndarray) -> str:
     return hashlib.sha1(repr(weight.shape).encode() + weight.tobytes()).hexdigest()
 
 
-def _dims(expr: relax.Expr) -> tuple:
+def dims(expr: relax.Expr) -> tuple:
     shape = expr.ty.shape
     values = shape.values if hasattr(shape, "values") else shape
     return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in values)
@@ -121,24 +140,33 @@ def _attention_pattern():
     scaled = (
         is_op("relax.multiply")(scores, is_const())
         | is_op("relax.divide")(scores, is_const())
+        | is_op("relax.multiply")(is_const(), scores)
     )
-    probs = is_op("relax.nn.softmax")(scores | scaled)
-    return scores, scaled, is_op("relax.matmul")(probs, wildcard())
+    # The dynamo exporter's scaled-dot-product attention adds its (all-zero) mask to the scores
+    # and guards the probabilities with where(isnan(p), 0, p); both leave attention as it is.
+    masked = is_op("relax.add")(scores | scaled, is_const())
+    probs = is_op("relax.nn.softmax")(scores | scaled | masked)
+    guarded = is_op("relax.where")(is_op("relax.isnan")(probs), is_const(), probs)
+    return scores, scaled, masked, probs, is_op("relax.matmul")(probs | guarded, wildcard())
 
 
-def _bindings(func: relax.Function):
+def _is_zero(constant) -> bool:
+    return not np.any(constant.value.numpy())
+
+
+def bindings(func: relax.Function):
     for block in func.body.blocks:
         yield from block.bindings
 
 
-class _Dataflow:
+class Dataflow:
     """Producers and users of each variable of a function, for walking the graph."""
 
     def __init__(self, func: relax.Function):
         self.value = {}
         self.users: dict[relax.Var, list[relax.Var]] = {}
         self.params = set(func.params)
-        for binding in _bindings(func):
+        for binding in bindings(func):
             self.value[binding.var] = binding.value
             for operand in self.operands(binding.var):
                 self.users.setdefault(operand, []).append(binding.var)
@@ -149,7 +177,7 @@ class _Dataflow:
         if isinstance(expr, relax.Var):
             return [expr]
         if isinstance(expr, relax.Tuple):
-            return [v for f in expr.fields for v in _Dataflow._vars_in(f)]
+            return [v for f in expr.fields for v in Dataflow._vars_in(f)]
         return []
 
     def op(self, var) -> str | None:
@@ -170,9 +198,10 @@ class _Dataflow:
             return self._vars_in(value)
         return []
 
-    def reach(self, start, forward: bool, through: frozenset, limit: int = 32):
-        """Variables reachable from ``start`` whose path passes only ``through`` ops (or
-        tuple plumbing), with their distance; the variables at the ends are included."""
+    def reach(self, start, forward: bool, through: frozenset | None, limit: int = 32):
+        """Variables reachable from ``start`` whose path passes only ``through`` ops (any op
+        when None) or tuple plumbing, with their distance; the variables at the ends are
+        included."""
         seen, frontier, found = {start}, [(start, 0)], []
         while frontier:
             var, distance = frontier.pop()
@@ -182,14 +211,14 @@ class _Dataflow:
                     continue
                 seen.add(nxt)
                 found.append((nxt, distance + 1))
-                if self.op(nxt) in through or self.op(nxt) == "TupleGetItem" or (
+                if through is None or self.op(nxt) in through or self.op(nxt) == "TupleGetItem" or (
                     isinstance(self.value.get(nxt), relax.Tuple)
                 ):
                     frontier.append((nxt, distance + 1))
         return found
 
 
-def _role(flow: _Dataflow, activation, output, scores: set, attention_outputs: set) -> str:
+def _role(flow: Dataflow, activation, output, scores: set, attention_outputs: set) -> str:
     rearranged = _REARRANGING_OPS
     # Exported scaled-dot-product attention scales Q and K by sqrt(scale) each.
     to_attention = [v for v, _ in flow.reach(output, True, rearranged | _SCALING_OPS)]
@@ -222,30 +251,30 @@ def find_linear_layers(
     """
     func = mod[func_name]
     var2val = relax.analysis.get_var2val(func)
-    flow = _Dataflow(func)
+    flow = Dataflow(func)
     attention = find_attention_blocks(mod, func_name)
     scores = {block.scores for block in attention}
     attention_outputs = {block.output for block in attention}
     matmul, with_bias = _linear_pattern()
     bias_of = {}
-    for binding in _bindings(func):
+    for binding in bindings(func):
         if with_bias.extract_matched_expr(binding.value, var2val):
             left, right = binding.value.args
             product, bias = (left, right) if isinstance(left, relax.Var) else (right, left)
             bias_of[product] = (binding.var, bias)
     layers = []
-    for binding in _bindings(func):
+    for binding in bindings(func):
         if not matmul.extract_matched_expr(binding.value, var2val):
             continue
         activation, weight = binding.value.args
-        if len(_dims(weight)) != 2 or not isinstance(activation, relax.Var):
+        if len(dims(weight)) != 2 or not isinstance(activation, relax.Var):
             continue
-        in_features, out_features = _dims(weight)
+        in_features, out_features = dims(weight)
         # A bias add is part of the layer only when it is the matmul's one user.
         output, bias = binding.var, None
         if binding.var in bias_of and len(flow.users.get(binding.var, [])) == 1:
             candidate = bias_of[binding.var]
-            if int(np.prod(_dims(candidate[1]))) == out_features == _dims(candidate[1])[-1]:
+            if int(np.prod(dims(candidate[1]))) == out_features == dims(candidate[1])[-1]:
                 output, bias = candidate
         index = len(layers)
         name = (names or {}).get(weight_key(weight.value.numpy())) or f"linear[{index}]"
@@ -253,7 +282,7 @@ def find_linear_layers(
             LinearLayer(
                 index=index, name=name,
                 role=_role(flow, activation, output, scores, attention_outputs),
-                input_shape=_dims(activation), in_features=in_features,
+                input_shape=dims(activation), in_features=in_features,
                 out_features=out_features, has_bias=bias is not None,
                 activation=activation, matmul=binding.var, output=output, weight=weight, bias=bias,
             )
@@ -265,61 +294,94 @@ def find_attention_blocks(mod: tvm.IRModule, func_name: str = "main") -> list[At
     """Every ``softmax(Q K^T) V`` in ``func_name`` whose Q, K and V are activations."""
     func = mod[func_name]
     var2val = relax.analysis.get_var2val(func)
-    value_to_var = {binding.value: binding.var for binding in _bindings(func)}
-    scores, scaled, attention = _attention_pattern()
+    flow = Dataflow(func)
+    value_to_var = {binding.value: binding.var for binding in bindings(func)}
+    scores, scaled, masked, probs, attention = _attention_pattern()
     blocks = []
-    for binding in _bindings(func):
+    for binding in bindings(func):
         matched = attention.extract_matched_expr(binding.value, var2val)
         if not matched:
+            continue
+        guard = binding.value.args[0] if not binding.value.args[0].same_as(value_to_var.get(matched[probs])) else None
+        if masked in matched and not _is_zero(matched[masked].args[1]):
+            continue  # a real mask or bias: reported by find_skipped_softmax
+        if guard is not None and not _is_zero(var2val[guard].args[1]):
             continue
         qk = matched[scores]
         query, key_t = qk.args
         value = binding.value.args[1]
         if any(isinstance(e, tvm.ir.GenericConst) for e in (query, key_t, value)):
             continue
-        q_dims, k_dims = _dims(query), _dims(key_t)
+        q_dims, k_dims, v_dims = dims(query), dims(key_t), dims(value)
+        score_scale = 1.0
+        if scaled in matched:
+            scaling = matched[scaled]
+            (constant,) = [a.value.numpy() for a in scaling.args if isinstance(a, tvm.ir.GenericConst)]
+            if constant.size != 1:
+                continue  # reported by find_skipped_softmax
+            constant = float(constant.reshape(()))
+            score_scale = constant if scaling.op.name == "relax.multiply" else 1.0 / constant
+        scaled_operands = [name for name, operand in (("query", query), ("key", key_t))
+                           if _scaled_before_matmul(flow, operand)]
+        where = "scores" if scaled in matched else " and ".join(scaled_operands) or "none"
+        shape = (q_dims[-3] if len(q_dims) >= 3 else 1, q_dims[-2], k_dims[-1], q_dims[-1])
+        stage = 0 if not blocks else blocks[-1].stage + (shape != _block_shape(blocks[-1]))
         blocks.append(
             AttentionBlock(
-                index=len(blocks),
-                heads=q_dims[-3] if len(q_dims) >= 3 else 1,
-                query_tokens=q_dims[-2],
-                key_tokens=k_dims[-1],
-                head_dim=q_dims[-1],
-                scale="before-softmax" if scaled in matched else "none",
-                scores=value_to_var[qk],
-                output=binding.var,
+                index=len(blocks), stage=stage, heads=shape[0], query_tokens=shape[1],
+                key_tokens=shape[2], head_dim=shape[3], value_dim=v_dims[-1],
+                scale=where, score_scale=score_scale, query=query, key_t=key_t, value=value,
+                scores=value_to_var[qk], softmax=value_to_var[matched[probs]], output=binding.var,
             )
         )
     return blocks
+
+
+def _block_shape(block: AttentionBlock) -> tuple:
+    return (block.heads, block.query_tokens, block.key_tokens, block.head_dim)
+
+
+def _scaled_before_matmul(flow: Dataflow, operand) -> bool:
+    """Whether ``operand`` is an activation scaled by a constant, through rearranging ops."""
+    candidates = [operand] + [v for v, _ in flow.reach(operand, False, _REARRANGING_OPS)]
+    return any(
+        flow.op(v) in _SCALING_OPS and any(isinstance(a, tvm.ir.GenericConst) for a in flow.value[v].args)
+        for v in candidates
+    )
 
 
 def find_skipped_softmax(mod: tvm.IRModule, func_name: str = "main") -> list[SkippedSoftmax]:
     """Every softmax in ``func_name`` that ``find_attention_blocks`` does not recognize, with the
     reason, so that attention a rewrite leaves alone is reported, not silently skipped."""
     func = mod[func_name]
-    flow = _Dataflow(func)
-    recognized = {block.output for block in find_attention_blocks(mod, func_name)}
+    flow = Dataflow(func)
+    recognized = {block.softmax for block in find_attention_blocks(mod, func_name)}
     skipped = []
-    for binding in _bindings(func):
-        if flow.op(binding.var) != "relax.nn.softmax":
+    for binding in bindings(func):
+        if flow.op(binding.var) != "relax.nn.softmax" or binding.var in recognized:
             continue
-        users = flow.users.get(binding.var, [])
-        if any(user in recognized for user in users):
-            continue
-        skipped.append(SkippedSoftmax(len(skipped), _dims(binding.var), _why_not_attention(flow, binding.var)))
+        skipped.append(SkippedSoftmax(len(skipped), dims(binding.var), _why_not_attention(flow, binding.var)))
     return skipped
 
 
-def _why_not_attention(flow: _Dataflow, softmax: relax.Var) -> str:
-    users = flow.users.get(softmax, [])
-    if not any(flow.op(u) == "relax.matmul" and flow.value[u].args[0].same_as(softmax) for u in users):
+def _why_not_attention(flow: Dataflow, softmax: relax.Var) -> str:
+    # Through the dynamo exporter's NaN guard, where(isnan(p), 0, p).
+    probabilities = [softmax] + [u for u in flow.users.get(softmax, []) if flow.op(u) == "relax.where"]
+    if not any(flow.op(u) == "relax.matmul" and flow.value[u].args[0].same_as(p)
+               for p in probabilities for u in flow.users.get(p, [])):
         return "its output is not multiplied with values (no matmul(softmax, V))"
     scores = flow.value[softmax].args[0]
-    while flow.op(scores) in _SCALING_OPS and isinstance(flow.value[scores].args[1], tvm.ir.GenericConst):
-        scores = flow.value[scores].args[0]
+    while flow.op(scores) in _SCALING_OPS and any(isinstance(a, tvm.ir.GenericConst) for a in flow.value[scores].args):
+        operand, constant = sorted(flow.value[scores].args, key=lambda a: isinstance(a, tvm.ir.GenericConst))
+        if constant.value.numpy().size != 1:
+            return "the scores are scaled by a constant that is not a scalar; not rewritten"
+        scores = operand
     op = flow.op(scores)
     if op == "relax.add":
-        if any(isinstance(arg, tvm.ir.GenericConst) for arg in flow.value[scores].args):
+        constants = [arg for arg in flow.value[scores].args if isinstance(arg, tvm.ir.GenericConst)]
+        if constants and all(_is_zero(c) for c in constants):
+            return "an all-zero mask is added to scores that are not a Q K^T matmul of activations"
+        if constants:
             return ("a constant bias is added to the scores before the softmax (relative position "
                     "or attention bias, as in Swin's window attention and LeViT); not rewritten")
         return "an activation (a mask?) is added to the scores before the softmax; not rewritten"

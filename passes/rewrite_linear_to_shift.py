@@ -8,7 +8,7 @@ initializer) are folded into plain constants by the cleanup phase before this pa
 Emits, for each selected layer: ``reshape(x, (M, K))`` -> ``call_tir(shift_gemm, x2d, packed,
 exponents[, b])`` -> ``reshape(_, (..., N))``, with ``W`` in the packed shift format
 (schedules/shift_codes.py). The kernel is tagged ``saddc.kernel = shift_gemm`` and opaque to
-fusion, so the schedule phase gives it its own schedule.
+fusion, so the schedule phase gives it its own schedule; layers of one shape share it.
 
 Exactness, per layer: weights that are already signed powers of two within a channel's code
 range are a lossless lowering (the encoding is exact). Others are rounded only when lossy
@@ -26,16 +26,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from saddc.calibration import calibration_batches, probe
+from saddc.calibration import calibration_batches, cosine, probe
 from saddc.config import ShiftOptions
 from saddc.errors import ConfigError, RewriteError
 from saddc.passes.find_vit_blocks import LinearLayer, find_linear_layers
+from saddc.passes.kernel_call import emit_kernel
+from saddc.passes.selection import position_matches
 from saddc.schedules import shift_codes, shift_gemm
-from saddc.schedules.rules import KERNEL_ATTR
 from saddc.target import TargetSpec
-
-# TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone.
-_OPAQUE = 8
 
 
 @dataclass
@@ -95,9 +93,9 @@ class ShiftReport:
             if layer.exactness == "lossless":
                 error = "exact"
             else:
-                cosine = "" if layer.output_cosine is None else f", output cosine {layer.output_cosine:.5f}"
+                cosine_text = "" if layer.output_cosine is None else f", output cosine {layer.output_cosine:.5f}"
                 error = (f"SQNR {layer.weight_sqnr_db:.1f} dB, max err "
-                         f"{layer.weight_max_abs_error:.3g}{cosine}")
+                         f"{layer.weight_max_abs_error:.3g}{cosine_text}")
             lines.append(f"  [{layer.index}] {layer.name} ({layer.role}, {layer.in_features}->"
                          f"{layer.out_features}): {layer.exactness}, {error}; kernel {layer.kernel} "
                          f"({layer.kernel_reason})")
@@ -133,14 +131,8 @@ def select_layers(layers: list[LinearLayer], options: ShiftOptions) -> tuple[lis
 
 
 def _skip_matches(token: str, layer: LinearLayer, layers: list[LinearLayer]) -> bool:
-    if token == "first":
-        return layer.index == layers[0].index
-    if token == "last":
-        return layer.index == layers[-1].index
-    if token.lstrip("-").isdigit():
-        position = int(token)  # negative counts from the end, as in Python
-        return -len(layers) <= position < len(layers) and layer.index == position % len(layers)
-    return fnmatch.fnmatchcase(layer.name, token)
+    positional = position_matches(token, layer.index, len(layers))
+    return fnmatch.fnmatchcase(layer.name, token) if positional is None else positional
 
 
 def _skip_reason(layer, layers, tokens) -> str | None:
@@ -148,14 +140,6 @@ def _skip_reason(layer, layers, tokens) -> str | None:
         if _skip_matches(token, layer, layers):
             return f"--shift-skip {token}"
     return None
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0.0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.dot(a, b) / norms)
 
 
 def _target_key(target: TargetSpec) -> str:
@@ -232,7 +216,7 @@ class RewriteLinearToShift:  # pylint: disable=too-few-public-methods
             shifted = weights.decode().astype(np.float64)
             pairs = [(v[position].astype(np.float64) @ original, v[position].astype(np.float64) @ shifted)
                      for v in values]
-            cosines[layer.index] = _cosine(np.concatenate([a.ravel() for a, _ in pairs]),
+            cosines[layer.index] = cosine(np.concatenate([a.ravel() for a, _ in pairs]),
                                            np.concatenate([b.ravel() for _, b in pairs]))
         return cosines
 
@@ -251,7 +235,6 @@ class _ShiftRewriter(relax.PyExprMutator):
         self.mod = mod
         self.by_output = {layer.output: layer for layer in layers}
         self.encoded, self.kernels, self.bits = encoded, kernels, bits
-        self.kernel_of = {}
 
     def run(self) -> tvm.IRModule:
         for gvar, func in self.mod.functions_items():
@@ -279,27 +262,10 @@ class _ShiftRewriter(relax.PyExprMutator):
         bias = None
         if layer.bias is not None:
             bias = relax.const(layer.bias.value.numpy().reshape(layer.out_features))
-        packed = relax.const(weights.packed, "uint32")
-        exponents = relax.const(weights.exponents, "int32")
-        # Layers of one shape share one kernel; only their constants differ.
-        signature = (str(rows), layer.in_features, layer.out_features, variant, bias is not None)
-        if signature in self.kernel_of:
-            first = self.kernel_of[signature]
-            tensors = [x2d, packed, exponents] + ([bias] if bias is not None else [])
-            # The first call's form with this layer's tensors; symbolic row counts follow them as
-            # shape arguments, the same for every layer of the signature.
-            args = relax.Tuple(tensors + list(first.args[1].fields[len(tensors):]))
-            y2d = self.builder_.emit(relax.Call(first.op, [first.args[0], args], first.attrs, first.ty_args))
-        else:
-            y2d = self.builder_.emit_te(
-                shift_gemm.shift_gemm_te, x2d, packed, exponents, bias, bits=self.bits,
-                in_features=layer.in_features, variant=variant,
-                primfunc_name_hint=f"shift_gemm_{layer.in_features}x{layer.out_features}",
-            )
-            call = self.builder_.lookup_binding(y2d)
-            kernel = call.args[0]
-            self.builder_.update_func(kernel, self.builder_.get()[kernel].with_attrs({
-                KERNEL_ATTR: "shift_gemm", shift_gemm.VARIANT_ATTR: variant, "op_pattern": _OPAQUE,
-            }))
-            self.kernel_of[signature] = call
+        y2d = emit_kernel(
+            self.builder_, shift_gemm.shift_gemm_te, x2d, relax.const(weights.packed, "uint32"),
+            relax.const(weights.exponents, "int32"), bias, bits=self.bits, in_features=layer.in_features,
+            variant=variant, kernel="shift_gemm", name=f"shift_gemm_{layer.in_features}x{layer.out_features}",
+            attrs={shift_gemm.VARIANT_ATTR: variant},
+        )
         return relax.op.reshape(y2d, leading + [layer.out_features])

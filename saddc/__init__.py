@@ -17,6 +17,7 @@ _LAZY = {
     "CompileResult": ("saddc.api", "CompileResult"),
     "LowerConfig": ("saddc.config", "LowerConfig"),
     "ShiftOptions": ("saddc.config", "ShiftOptions"),
+    "AttentionOptions": ("saddc.config", "AttentionOptions"),
     "load": ("saddc.runtime", "load"),
     "CompiledModule": ("saddc.runtime", "CompiledModule"),
     "SaddcError": ("saddc.errors", "SaddcError"),

@@ -15,12 +15,14 @@ import tvm
 from tvm import relax
 
 from saddc import artifacts
-from saddc.config import LowerConfig, ShiftOptions
+from saddc.config import AttentionOptions, LowerConfig, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
 from saddc.errors import SaddcError
 from saddc.pipeline import phases, run_phases
 from saddc.specs import TensorSpec
 from saddc.target import TargetSpec, parse_target
+
+PIPELINES = ("saddc", "tvm-default")
 
 
 def lower(mod: tvm.IRModule, config: LowerConfig | None = None, on_phase=None) -> tvm.IRModule:
@@ -41,6 +43,13 @@ def build(lowered: tvm.IRModule, config: LowerConfig | None = None) -> tuple[rel
     return executable, stats
 
 
+def lower_tvm_default(mod: tvm.IRModule, config: LowerConfig) -> tvm.IRModule:
+    """TVM's own default Relax pipeline for the target: the baseline saddc is measured against."""
+    target = config.target.to_tvm()
+    with target:
+        return relax.pipeline.get_default_pipeline(target)(mod)
+
+
 @dataclass
 class CompileResult:
     """What ``compile`` produced, and what the CLI's summary prints."""
@@ -58,11 +67,13 @@ class CompileResult:
     fatbin: list[FatbinEntry] = field(default_factory=list)
     nvcc: NvccStats | None = None
     reports: dict = field(default_factory=dict)
+    pipeline: str = "saddc"
 
     def summary_lines(self) -> list[str]:
         ops = ", ".join(f"{op} x{count}" for op, count in self.op_counts.most_common())
         lines = [
-            f"target:            {self.target.describe()}",
+            f"target:            {self.target.describe()}"
+            + (" (TVM's default pipeline, the baseline)" if self.pipeline == "tvm-default" else ""),
             f"inputs:            {'; '.join(spec.describe() for spec in self.inputs)}",
             f"outputs:           {'; '.join(spec.describe() for spec in self.outputs)}",
             f"ops found:         {sum(self.op_counts.values())} ({ops})",
@@ -107,16 +118,25 @@ def compile(  # pylint: disable=redefined-builtin
     dump_ir: str | os.PathLike | None = None,
     progress: bool = False,
     shift: ShiftOptions | None = None,
+    attention: AttentionOptions | None = None,
+    pipeline: str = "saddc",
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
 
-    ``shift`` rewrites the linear layers it selects into shift GEMMs (``ShiftOptions``).
+    ``shift`` rewrites the linear layers it selects into shift GEMMs (``ShiftOptions``);
+    ``attention`` replaces softmax attention and lowers binary-coded attention
+    (``AttentionOptions``). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
+    instead of saddc's (no rewrites): a baseline built, exported and loaded like saddc's modules.
 
     Every check on user input (target, arch, nvcc, output path, the model file) runs before the
     expensive work, and the ``.so`` and its manifest appear together or not at all.
     """
     started = time.perf_counter()
-    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift)
+    if pipeline not in PIPELINES:
+        raise SaddcError(f"unknown pipeline '{pipeline}' (choose from: {', '.join(PIPELINES)})")
+    if pipeline == "tvm-default" and (shift or attention or dump_ir):
+        raise SaddcError("pipeline='tvm-default' is TVM's own pipeline: it takes no rewrites and dumps no IR")
+    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift, attention=attention)
     output = artifacts.check_output_path(output) if output is not None else None
     if isinstance(model, tvm.IRModule):
         source = onnx_model = None
@@ -124,7 +144,7 @@ def compile(  # pylint: disable=redefined-builtin
         from saddc.frontends import import_onnx, load_onnx  # pylint: disable=import-outside-toplevel
 
         source, onnx_model = Path(model), load_onnx(model)
-    phase_names = [phase.name for phase in phases(config)]
+    phase_names = [phase.name for phase in phases(config)] if pipeline == "saddc" else ["tvm-default"]
     bar = _Progress(len(phase_names) + 2 + (output is not None), progress)
     try:
         bar.start("importing")
@@ -143,13 +163,17 @@ def compile(  # pylint: disable=redefined-builtin
             bar.start(f"lowering: {following[0]}" if following else "lowering")
 
         bar.start(f"lowering: {phase_names[0]}")
-        lowered = lower(mod, config, on_phase=on_phase)
+        if pipeline == "saddc":
+            lowered = lower(mod, config, on_phase=on_phase)
+        else:
+            lowered = lower_tvm_default(mod, config)
+            on_phase("tvm-default", 0.0)
         bar.start(f"building ({config.target.kind})")
         executable, nvcc_stats = build(lowered, config)
         bar.done()
         result = CompileResult(
             executable=executable, target=config.target, inputs=inputs, outputs=outputs,
-            op_counts=op_counts, rewrites=list(config.rewrites), reports=dict(config.reports),
+            op_counts=op_counts, rewrites=list(config.rewrites), reports=dict(config.reports), pipeline=pipeline,
             kernels=sum(isinstance(f, tvm.tirx.PrimFunc) for f in lowered.functions.values()),
             seconds=0.0, nvcc=nvcc_stats,
         )
@@ -197,6 +221,7 @@ def _manifest(result: CompileResult, output: Path, source: Path | None) -> dict:
         "source": {"path": str(source), "sha256": _sha256(source)} if source else None,
         "target": result.target.kind,
         "arch": result.target.arch,
+        "pipeline": result.pipeline,
         "inputs": [spec.to_json() for spec in result.inputs],
         "outputs": [spec.to_json() for spec in result.outputs],
         "rewrites": result.rewrites,

@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, SHIFT_KERNELS
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -15,6 +16,7 @@ Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
 
   saddc compile model.onnx --target cuda --arch sm_90 -o model.so
   saddc compile model.onnx --shift mlp --shift-lossy --calibration images.npy
+  saddc compile model.onnx --attention additive --attention-skip last-stage
   saddc inspect model.onnx
   saddc run model.so --input x.npy
 """
@@ -53,11 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="code width: 5 (2^[-14,0] of a channel scale, default) or 4 (2^[-6,0])")
     shift.add_argument("--shift-lossy", action="store_true",
                        help="allow rounding weights that are not powers of two (reports the error)")
-    shift.add_argument("--shift-kernel", choices=("auto", "add-only", "decode-mma"), default="auto",
+    shift.add_argument("--shift-kernel", choices=SHIFT_KERNELS, default="auto",
                        help="auto (by measured latency), add-only, or decode-mma (CUDA tensor cores)")
-    shift.add_argument("--calibration", metavar="FILE.npy",
-                       help="model inputs for the error report of lossy rewrites (default: "
-                       "synthetic N(0,1), with a warning)")
+    attention = compile_.add_argument_group(
+        "attention", "replace softmax attention with linear attention (lossy, with an error report); "
+        "attention the model computes with binary codes is lowered to the add kernels exactly",
+    )
+    attention.add_argument("--attention", choices=ATTENTION_MODES,
+                           help="additive (binary-coded Q/K, masked sums) or taylor (first-order Taylor)")
+    attention.add_argument("--attention-form", choices=ATTENTION_FORMS, default="match",
+                           help="additive form: match (normalized match kernel, default) or shiftaddvit "
+                           "(normalize(0.5 v + B_Q (B_K^T V) / pi); needs as many keys as queries)")
+    attention.add_argument("--attention-bits", type=int, default=16, metavar="B",
+                           help="code bits a row, 1 to 64 (default 16)")
+    attention.add_argument("--attention-hash", default="simhash", metavar="simhash|FILE",
+                           help="simhash (seeded random hyperplanes, default), or a projection: .npy of "
+                           "(d, bits) or (heads, d, bits), or .npz with one per block index")
+    attention.add_argument("--attention-seed", type=int, default=0, help="SimHash seed (default 0)")
+    attention.add_argument("--attention-skip", metavar="LIST", default="",
+                           help="softmax blocks to keep: first, last, last-stage, block indices")
+    compile_.add_argument("--calibration", metavar="FILE.npy",
+                          help="model inputs for the error reports of lossy rewrites (--shift-lossy, "
+                          "--attention); default: synthetic N(0,1), with a warning")
 
     inspect_ = commands.add_parser(
         "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
@@ -77,21 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_compile(args) -> int:
     # pylint: disable=import-outside-toplevel
     from saddc.api import compile as compile_model
-    from saddc.config import ShiftOptions
+    from saddc.config import AttentionOptions, ShiftOptions
 
     output = args.output or str(Path(args.model).with_suffix(".so"))
-    shift_flags = args.shift_skip or args.shift_lossy or args.calibration or args.shift_bits != 5 \
-        or args.shift_kernel != "auto"
+    shift_flags = args.shift_skip or args.shift_lossy or args.shift_bits != 5 or args.shift_kernel != "auto"
     if args.shift is None and shift_flags:
-        raise SaddcError("--shift-skip, --shift-bits, --shift-lossy, --shift-kernel and --calibration "
-                         "need --shift GROUPS")
+        raise SaddcError("--shift-skip, --shift-bits, --shift-lossy and --shift-kernel need --shift GROUPS")
+    attention_flags = args.attention_skip or args.attention_form != "match" or args.attention_bits != 16 \
+        or args.attention_hash != "simhash" or args.attention_seed != 0
+    if args.attention is None and attention_flags:
+        raise SaddcError("--attention-form, --attention-bits, --attention-hash, --attention-seed and "
+                         "--attention-skip need --attention additive|taylor")
+    if args.calibration and args.shift is None and args.attention is None:
+        raise SaddcError("--calibration needs a rewrite to report on: --shift GROUPS or --attention MODE")
     shift = None if args.shift is None else ShiftOptions(
         layers=args.shift, skip=args.shift_skip, bits=args.shift_bits, lossy=args.shift_lossy,
         kernel=args.shift_kernel, calibration=args.calibration,
     )
+    attention = None if args.attention is None else AttentionOptions(
+        mode=args.attention, form=args.attention_form, bits=args.attention_bits, hash=args.attention_hash,
+        seed=args.attention_seed, skip=args.attention_skip, calibration=args.calibration,
+    )
     result = compile_model(
-        args.model, target=args.target, arch=args.arch, output=output,
-        dump_ir=args.dump_ir, progress=not args.quiet and sys.stderr.isatty(), shift=shift,
+        args.model, target=args.target, arch=args.arch, output=output, dump_ir=args.dump_ir,
+        progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention,
     )
     print("\n".join(result.summary_lines()))
     return 0
@@ -102,8 +130,10 @@ def cmd_inspect(args) -> int:
     from saddc.config import LowerConfig
     from saddc.frontends import import_onnx
     from saddc.passes import (
-        RewritePatchEmbeddingToMatmul, find_attention_blocks, find_linear_layers, find_skipped_softmax,
+        RewritePatchEmbeddingToMatmul, find_attention_blocks, find_binary_codes, find_linear_layers,
+        find_skipped_softmax,
     )
+    from saddc.passes.find_binary_codes import group_blocks
     from saddc.pipeline import cleanup_passes
     import tvm
 
@@ -125,10 +155,19 @@ def cmd_inspect(args) -> int:
         print(f"  linear[{layer.index}]  {layer.role:<11} {layer.in_features} -> {layer.out_features} "
               f"{bias:<6} input {list(layer.input_shape)}  {layer.name}")
     blocks = find_attention_blocks(mod)
-    print(f"\nattention blocks: {len(blocks)}")
+    print(f"\nsoftmax attention blocks: {len(blocks)}")
     for block in blocks:
-        print(f"  attention[{block.index}]  heads {block.heads}  query tokens {block.query_tokens}  "
-              f"key tokens {block.key_tokens}  head dim {block.head_dim}  scale {block.scale}")
+        print(f"  attention[{block.index}]  stage {block.stage}  heads {block.heads}  query tokens "
+              f"{block.query_tokens}  key tokens {block.key_tokens}  head dim {block.head_dim}  "
+              f"scale on {block.scale} ({block.score_scale:g} on the scores)")
+    coded = group_blocks(mod, find_binary_codes(mod))
+    if coded:
+        print(f"\nbinary-coded attention blocks (lowered exactly by --attention): {len(coded)}")
+        for index, group in enumerate(coded):
+            codes = group[0]
+            hashed = "projection" if codes.projection is not None else "compare, no projection"
+            print(f"  binary-coded[{index}]  {len(group)} code tensor(s)  {codes.bits} bits  {hashed}  "
+                  f"{sum(len(c.uses) for c in group)} matmul(s) over codes")
     skipped = find_skipped_softmax(mod)
     if skipped:
         print(f"\nsoftmax not recognized as attention: {len(skipped)}")

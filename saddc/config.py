@@ -20,6 +20,17 @@ SHIFT_GROUPS = {
 SHIFT_KERNELS = ("auto", "add-only", "decode-mma")
 
 
+def _split_list(value: str | list[str]) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``; a list passes through."""
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+def _require_file(value, what: str) -> None:
+    """A path option must name a file; arrays and None pass."""
+    if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
+        raise ConfigError(f"{what} not found: {value}")
+
+
 @dataclass
 class ShiftOptions:
     """Which linear layers become shift primitives, and how.
@@ -49,18 +60,64 @@ class ShiftOptions:
                 f"unknown shift layer group '{','.join(unknown) or self.layers}' "
                 f"(choose from: {', '.join(SHIFT_GROUPS)})"
             )
-        if isinstance(self.skip, str):
-            self.skip = [s.strip() for s in self.skip.split(",") if s.strip()]
+        self.skip = _split_list(self.skip)
         if self.bits not in (4, 5):
             raise ConfigError(f"--shift-bits must be 4 or 5, not {self.bits}")
-        if isinstance(self.calibration, (str, os.PathLike)) and not Path(self.calibration).is_file():
-            raise ConfigError(f"calibration file not found: {self.calibration}")
+        _require_file(self.calibration, "calibration file")
         if self.kernel not in SHIFT_KERNELS:
             raise ConfigError(f"unknown shift kernel '{self.kernel}' (choose from: {', '.join(SHIFT_KERNELS)})")
 
     @property
     def roles(self) -> set[str]:
         return {role for group in self.groups for role in SHIFT_GROUPS[group]}
+
+
+ATTENTION_MODES = ("additive", "taylor")
+ATTENTION_FORMS = ("match", "shiftaddvit")
+
+
+@dataclass
+class AttentionOptions:
+    """What softmax attention becomes, and how (binary-coded blocks are always lowered exactly).
+
+    mode:        ``additive`` (binary-coded Q/K, masked sums) or ``taylor`` (first-order Taylor)
+    form:        additive only: ``match`` (normalized match-kernel attention) or ``shiftaddvit``
+                 (``normalize(0.5 v + B_Q (B_K^T V) / pi)``; needs as many keys as queries)
+    bits:        code bits a row (1 to 64; default 16)
+    hash:        ``simhash`` (random hyperplanes drawn from ``seed``), or a projection: a ``.npy``
+                 of shape (d, bits) or (heads, d, bits) for every block, or a ``.npz`` with one
+                 such array per block index (keys ``"0"``, ``"1"``, ...); or the array itself
+    seed:        SimHash seed; block ``i`` draws its hyperplanes from ``(seed, i)``
+    skip:        softmax blocks to keep: ``first``, ``last``, ``last-stage``, or block indices
+    calibration: a .npy of model inputs (or an array) for the error report; synthetic N(0, 1)
+                 inputs, with a warning, when absent
+    measure_error: measure each replaced block's and the model's error on calibration inputs
+                 (the default); False skips it (for timing runs) and the report says so
+    """
+
+    mode: str = "additive"
+    form: str = "match"
+    bits: int = 16
+    hash: str | os.PathLike | object = "simhash"
+    seed: int = 0
+    skip: list[str] = field(default_factory=list)
+    calibration: str | os.PathLike | object | None = None
+    measure_error: bool = True
+
+    def __post_init__(self):
+        if self.mode not in ATTENTION_MODES:
+            raise ConfigError(f"unknown attention mode '{self.mode}' (choose from: {', '.join(ATTENTION_MODES)})")
+        if self.form not in ATTENTION_FORMS:
+            raise ConfigError(f"unknown attention form '{self.form}' (choose from: {', '.join(ATTENTION_FORMS)})")
+        if not 1 <= self.bits <= 64:
+            raise ConfigError(f"--attention-bits must be between 1 and 64, not {self.bits}")
+        self.skip = _split_list(self.skip)
+        bad = [t for t in self.skip if t not in ("first", "last", "last-stage") and not t.lstrip("-").isdigit()]
+        if bad:
+            raise ConfigError(f"--attention-skip '{bad[0]}' is not first, last, last-stage or a block index")
+        if str(self.hash) != "simhash":
+            _require_file(self.hash, "attention hash file")
+        _require_file(self.calibration, "calibration file")
 
 
 @dataclass
@@ -70,6 +127,8 @@ class LowerConfig:
     target:      where the module runs (``parse_target('cuda', 'sm_90')``, or a kind string).
     dump_ir:     a directory; the IR after each pipeline phase is written there as TVMScript.
     shift:       turn linear layers into shift primitives (``ShiftOptions``), or None.
+    attention:   turn softmax attention into additive or Taylor attention, and lower
+                 binary-coded attention (``AttentionOptions``), or None.
     layer_names: weight identity -> layer name (filled from the ONNX model by ``compile``).
     reports:     per-rewrite reports, by rewrite name (filled in by the rewrite passes).
     """
@@ -77,6 +136,7 @@ class LowerConfig:
     target: TargetSpec | str = "llvm"
     dump_ir: str | Path | None = None
     shift: ShiftOptions | None = None
+    attention: AttentionOptions | None = None
     layer_names: dict[str, str] = field(default_factory=dict)
     reports: dict[str, object] = field(default_factory=dict)
 

@@ -2,7 +2,8 @@
 
     cleanup          fold constants and decompose inference-only ops, so patterns see plain
                      matmuls with constant weights
-    reparameterize   saddc's rewrites (shift, additive attention, MoE dispatch), as configured
+    reparameterize   saddc's rewrites (binary-coded attention lowering, shift, attention
+                     replacement; MoE dispatch to come), as configured
     legalize         Relax ops to TIR, fused
     schedule         kernel schedules for the target
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
@@ -48,15 +49,28 @@ def cleanup_passes(config: LowerConfig) -> list:
 
 
 def reparameterize_passes(config: LowerConfig) -> list:
-    """saddc's rewrites, each gated by ``config``; each records its report in ``config.reports``."""
-    # pylint: disable=import-outside-toplevel
-    from saddc.passes import RewriteLinearToShift, RewritePatchEmbeddingToMatmul
+    """saddc's rewrites, each gated by ``config``; each records its report in ``config.reports``.
 
+    Binary codes a model already computes are lowered first, so their hash projections are not
+    taken for linear layers; softmax attention is replaced last, since the shift rewrite finds
+    the q/k/v and projection layers through the attention blocks.
+    """
+    # pylint: disable=import-outside-toplevel
+    from saddc.passes import (
+        LowerBinaryCodedAttention, ReplaceSoftmaxAttention, RewriteLinearToShift, RewritePatchEmbeddingToMatmul,
+    )
+
+    attention = config.attention
     passes = []
+    if attention is not None:
+        form = attention.form if attention.mode == "additive" else None
+        passes.append(LowerBinaryCodedAttention(config.reports, attention.mode, form))
     if config.shift is not None:
         if "patch-embed" in config.shift.roles:
             passes.append(RewritePatchEmbeddingToMatmul())
         passes.append(RewriteLinearToShift(config.shift, config.target, config.layer_names, config.reports))
+    if attention is not None:
+        passes.append(ReplaceSoftmaxAttention(attention, config.reports))
     return passes
 
 

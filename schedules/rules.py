@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from tvm.s_tir import dlight as dl
 
-from saddc.schedules import shift_gemm
+from saddc.schedules import binary_hash, code_matmul, masked_sum, row_normalize, shift_gemm
 
 KERNEL_ATTR = "saddc.kernel"
 # Kernel tag -> its module's ``schedule(func, target)``.
-SCHEDULES = {"shift_gemm": shift_gemm.schedule}
+SCHEDULES = {
+    "shift_gemm": shift_gemm.schedule,
+    "binary_hash": binary_hash.schedule,
+    "masked_sum": masked_sum.schedule,
+    "code_matmul": code_matmul.schedule,
+    "row_normalize": row_normalize.schedule,
+}
 
 
 class SaddcKernels(dl.ScheduleRule):

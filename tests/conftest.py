@@ -55,3 +55,27 @@ def run_saddc(*args, env=None) -> subprocess.CompletedProcess:
     """The saddc CLI in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "saddc", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600)
+
+
+def build_te_kernel(compute, inputs, schedule_module, target, **kwargs):
+    """Compile ``compute(*inputs, **kwargs)`` (TE placeholders in, tensors out) with the schedule
+    that ``schedule_module.schedule`` gives it for ``target`` (a dict)."""
+    import tvm
+    from tvm import te
+
+    outputs = compute(*inputs, **kwargs)
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    func = te.create_prim_func([tensor for tensor in inputs if tensor is not None] + outputs)
+    tvm_target = tvm.target.Target(target)
+    with tvm_target:
+        scheduled = schedule_module.schedule(func, tvm_target)
+    return tvm.compile(scheduled.mod, target=tvm_target)
+
+
+def run_te_kernel(kernel, arrays, output_shape, output_dtype="float32"):
+    """Run a CPU kernel on numpy ``arrays`` (None skipped) and return its one output."""
+    import tvm
+
+    out = tvm.runtime.tensor(np.zeros(output_shape, output_dtype))
+    kernel(*[tvm.runtime.tensor(a) for a in arrays if a is not None], out)
+    return out.numpy()

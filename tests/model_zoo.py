@@ -22,10 +22,11 @@ class LogitsOnly(torch.nn.Module):
         return self.model(pixel_values=x).logits
 
 
-def own_deit(fused_qkv=True):
+def own_deit(fused_qkv=True, shared_qk=False):
     from deit_tiny import deit_tiny
 
-    return deit_tiny(img_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=10, fused_qkv=fused_qkv)
+    return deit_tiny(img_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=10, fused_qkv=fused_qkv,
+                     shared_qk=shared_qk)
 
 
 def own_pvtv2():
@@ -46,10 +47,21 @@ def hf_deit():
         intermediate_size=64, num_labels=10)))
 
 
+def trained_biases(model, name: str):
+    """HF initializes attention biases to zero; give them values, as training does, so that they
+    are real biases (an all-zero bias is no bias)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter_name, parameter in model.named_parameters():
+            if name in parameter_name:
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
 def hf_swin():
-    return LogitsOnly(hf.SwinForImageClassification(hf.SwinConfig(
+    return trained_biases(LogitsOnly(hf.SwinForImageClassification(hf.SwinConfig(
         image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
-        num_labels=10)))
+        num_labels=10))), "relative_position_bias_table")
 
 
 def hf_segformer():
@@ -60,10 +72,10 @@ def hf_segformer():
 
 
 def hf_levit():
-    return LogitsOnly(hf.LevitForImageClassification(hf.LevitConfig(
+    return trained_biases(LogitsOnly(hf.LevitForImageClassification(hf.LevitConfig(
         image_size=32, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
         key_dim=[8, 8, 8], patch_size=16, stride=2, kernel_size=3,
-        down_ops=[["Subsample", 8, 4, 4, 2, 2], ["Subsample", 8, 6, 4, 2, 2]], num_labels=10)))
+        down_ops=[["Subsample", 8, 4, 4, 2, 2], ["Subsample", 8, 6, 4, 2, 2]], num_labels=10))), "attention_biases")
 
 
 def hf_pvtv2():
@@ -85,6 +97,12 @@ ARCHITECTURES = {
 }
 
 
+# Variants of the architectures above that particular tests need.
+VARIANTS = {
+    "deit-own-shared-qk": lambda: own_deit(shared_qk=True),  # ShiftAddViT's one projection for Q and K
+}
+
+
 def build(name):
     torch.manual_seed(0)
-    return ARCHITECTURES[name]().eval()
+    return {**ARCHITECTURES, **VARIANTS}[name]().eval()

@@ -55,7 +55,7 @@ def test_inspect_reports_spatial_reduction(exported):
 
 def test_inspect_reports_class_token_sequence(exported):
     out = saddc_cli("inspect", exported["deit-own-fused"])
-    assert "heads 2  query tokens 17  key tokens 17  head dim 16  scale before-softmax" in out
+    assert "stage 0  heads 2  query tokens 17  key tokens 17  head dim 16  scale on scores (0.25 on the scores)" in out
     assert "linear[1]  qkv         32 -> 96 +bias  input [1, 17, 32]" in out
 
 

@@ -1,4 +1,4 @@
-"""PyTorch-side helpers for saddc's rewrites (imports torch; not part of the compiler's imports).
+"""Shift weights on the PyTorch side.
 
 ``round_weights_to_shift`` gives a torch model the weights ``saddc compile --shift ... --shift-lossy``
 computes with: the reference a lossy shift rewrite is checked against, and the starting point of
