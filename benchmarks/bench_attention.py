@@ -25,7 +25,6 @@ half also runs on the GPU machine:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -236,29 +235,19 @@ def _print(result) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
-    parser.add_argument("--build-only", metavar="DIR", help="compile the modules into DIR and stop")
-    parser.add_argument("--run", metavar="DIR", help="time the modules compiled into DIR")
+    parser = benchmarking.script_parser(__doc__.split("\n\n")[0], "attention")
     parser.add_argument("--heads", type=int, default=1, help="attention heads (default 1)")
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts N, comma-separated")
     parser.add_argument("--head-dims", default=",".join(map(str, HEAD_DIMS)), help="head dims, comma-separated")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--out", help="result JSON (default benchmarks/results/attention_<target>_<machine>.json)")
     args = parser.parse_args()
     tokens = [int(n) for n in args.tokens.split(",")]
     head_dims = [int(d) for d in args.head_dims.split(",")]
-    if args.build_only:
-        build(args.target, Path(args.build_only), args.heads, tokens, head_dims)
-        return 0
-    build_dir = Path(args.run) if args.run else Path("out/bench-attention") / args.target
-    if not args.run:
-        build(args.target, build_dir, args.heads, tokens, head_dims)
-    plan = json.loads((build_dir / "plan.json").read_text())
-    machine = benchmarking.machine(plan["target"] == "cuda")
-    default = RESULTS / f"attention_{plan['target']}_{benchmarking.machine_slug(machine)}.json"
-    run(build_dir, args.repeat, Path(args.out) if args.out else default)
-    return 0
+    return benchmarking.build_then_run(
+        args, "attention", RESULTS,
+        lambda out_dir: build(args.target, out_dir, args.heads, tokens, head_dims),
+        lambda build_dir, out: run(build_dir, args.repeat, out),
+    )
 
 
 if __name__ == "__main__":

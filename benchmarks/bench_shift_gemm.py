@@ -26,7 +26,6 @@ the timing half also runs on a machine with only the runtime (the GPU machine):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -227,28 +226,18 @@ def _print_table(result) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
-    parser.add_argument("--build-only", metavar="DIR", help="compile the modules into DIR and stop")
-    parser.add_argument("--run", metavar="DIR", help="time the modules compiled into DIR")
+    parser = benchmarking.script_parser(__doc__.split("\n\n")[0], "shift_gemm")
     parser.add_argument("--batch", default="1,32", help="batch sizes, comma-separated (default 1,32)")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--record", action="store_true",
                         help="write the shift kernels' latencies into the --shift-kernel auto table")
-    parser.add_argument("--out", help="result JSON (default benchmarks/results/shift_gemm_<target>_<machine>.json)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
-    if args.build_only:
-        build(args.target, Path(args.build_only), batches)
-        return 0
-    build_dir = Path(args.run) if args.run else Path("out/bench-shift-gemm") / args.target
-    if not args.run:
-        build(args.target, build_dir, batches)
-    plan = json.loads((build_dir / "plan.json").read_text())
-    machine = benchmarking.machine(plan["target"] == "cuda")
-    default = RESULTS / f"shift_gemm_{plan['target']}_{benchmarking.machine_slug(machine)}.json"
-    run(build_dir, args.repeat, args.record, Path(args.out) if args.out else default)
-    return 0
+    return benchmarking.build_then_run(
+        args, "shift_gemm", RESULTS,
+        lambda out_dir: build(args.target, out_dir, batches),
+        lambda build_dir, out: run(build_dir, args.repeat, args.record, out),
+    )
 
 
 if __name__ == "__main__":

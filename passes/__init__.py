@@ -1,19 +1,23 @@
 """saddc's Relax passes: one pass (or analysis) per module, named by what it does."""
 
 from .attention_report import AttentionReport, AttentionSite
+from .build_moe_from_linear import BuildMoEFromLinear
 from .find_binary_codes import BinaryCodes, find_binary_codes
+from .find_moe_layers import MoELayer, UnmatchedMoE, find_moe_layers
 from .find_vit_blocks import (
     AttentionBlock, LinearLayer, SkippedSoftmax, find_attention_blocks, find_linear_layers,
     find_skipped_softmax,
 )
 from .lower_binary_coded_attention import LowerBinaryCodedAttention
+from .lower_moe_dispatch import LowerMoEDispatch
+from .moe_dispatch import MoEReport
 from .replace_softmax_attention import ReplaceSoftmaxAttention
 from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
 from .rewrite_patch_embedding_to_matmul import RewritePatchEmbeddingToMatmul
 
 __all__ = [
-    "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes", "LinearLayer",
-    "LowerBinaryCodedAttention", "ReplaceSoftmaxAttention", "RewriteLinearToShift",
-    "RewritePatchEmbeddingToMatmul", "ShiftReport", "SkippedSoftmax", "find_attention_blocks",
-    "find_binary_codes", "find_linear_layers", "find_skipped_softmax",
+    "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes", "BuildMoEFromLinear", "LinearLayer",
+    "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport", "ReplaceSoftmaxAttention",
+    "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul", "ShiftReport", "SkippedSoftmax", "UnmatchedMoE",
+    "find_attention_blocks", "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
 ]

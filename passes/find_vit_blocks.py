@@ -23,6 +23,7 @@ they do whatever the exporter named them:
 - ``mlp-fc2``      its input comes from a GELU the same way
 - ``patch-embed``  its input is the model input, rearranged (a patch embedding as a matmul)
 - ``head``         its output is the model output, rearranged
+- ``router``       its output is an ``argmax`` (an MoE router: never rewritten itself)
 - ``other``        none of these
 """
 
@@ -36,7 +37,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-ROLES = ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "other")
+ROLES = ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "router", "other")
 
 # Ops that only move or view data: a value keeps its meaning through them.
 _REARRANGING_OPS = frozenset({
@@ -220,6 +221,8 @@ class Dataflow:
 
 def _role(flow: Dataflow, activation, output, scores: set, attention_outputs: set) -> str:
     rearranged = _REARRANGING_OPS
+    if any(flow.op(user) == "relax.argmax" for user in flow.users.get(output, [])):
+        return "router"
     # Exported scaled-dot-product attention scales Q and K by sqrt(scale) each.
     to_attention = [v for v, _ in flow.reach(output, True, rearranged | _SCALING_OPS)]
     if any(v in scores or v in attention_outputs for v in to_attention):

@@ -1,4 +1,4 @@
-"""Emitting calls to saddc's kernels from Relax passes.
+"""Emitting calls to saddc's kernels from Relax passes, and running the mutators that emit them.
 
 A kernel is a TE compute (``schedules/``) turned into a PrimFunc tagged ``saddc.kernel`` (so the
 schedule phase gives it its own schedule) and marked opaque (so fusion leaves it whole).
@@ -7,6 +7,7 @@ BlockBuilder shares structurally equal PrimFuncs, so layers of one shape call on
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 
 from saddc.schedules.rules import KERNEL_ATTR
@@ -24,3 +25,25 @@ def emit_kernel(builder: relax.BlockBuilder, compute, *args, kernel: str, name: 
         compute, *args, primfunc_name_hint=name or compute.__name__.removesuffix("_te"),
         primfunc_attrs={KERNEL_ATTR: kernel, "op_pattern": _OPAQUE, **(attrs or {})}, **kwargs,
     )
+
+
+def call_scheduled_kernel(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc, args: list, out_ty,
+                          kernel: str, inplace_index: int | None = None) -> relax.Var:
+    """A call of ``func``, a kernel written with its schedule in place (``tirx.is_scheduled``,
+    so the schedule phase leaves it alone), as the saddc kernel ``kernel``. With
+    ``inplace_index`` the kernel updates that argument in place (``call_tir_inplace``) instead
+    of allocating its output."""
+    func = func.with_attrs({KERNEL_ATTR: kernel, "op_pattern": _OPAQUE})
+    gvar = builder.add_func(func, kernel)
+    if inplace_index is None:
+        return builder.emit(relax.call_tir(gvar, args, out_ty))
+    return builder.emit(relax.call_tir_inplace(gvar, args, inplace_index, out_ty))
+
+
+def rewrite_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """Every Relax function of ``mod`` visited by ``mutator`` (built on ``mod``), and the module
+    its builder holds then: the PrimFuncs of ``mod`` and the kernels the mutator emitted."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()

@@ -22,7 +22,7 @@ from tvm import relax
 from saddc.passes.attention_report import BINARY_CODED, AttentionReport, AttentionSite
 from saddc.passes.find_binary_codes import CODE_MATMUL, MASKED_SUM, BinaryCodes, find_binary_codes, group_blocks
 from saddc.passes.find_vit_blocks import dims
-from saddc.passes.kernel_call import emit_kernel
+from saddc.passes.kernel_call import emit_kernel, rewrite_functions
 from saddc.schedules import binary_hash, code_matmul, masked_sum
 
 
@@ -73,7 +73,7 @@ class LowerBinaryCodedAttention:  # pylint: disable=too-few-public-methods
             report.sites.append(_site(index, block, lowered, notes))
         if not plans:
             return mod
-        return relax.transform.DeadCodeElimination()(_CodeLowering(mod, plans).run())
+        return relax.transform.DeadCodeElimination()(rewrite_functions(_CodeLowering(mod, plans), mod))
 
 
 def _site(index: int, block: list[BinaryCodes], lowered: list, notes: list[str]) -> AttentionSite:
@@ -101,16 +101,9 @@ class _CodeLowering(relax.PyExprMutator):
 
     def __init__(self, mod, plans):
         super().__init__(mod)
-        self.mod = mod
         self.plans = plans
         self.use_of = {use.output: (codes, use) for codes, uses in plans.values() for use in uses}
         self.packed = {}
-
-    def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
 
     def _groups(self, expr: relax.Expr):
         groups = 1

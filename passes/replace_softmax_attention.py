@@ -33,7 +33,7 @@ from saddc.config import AttentionOptions
 from saddc.errors import ConfigError
 from saddc.passes.attention_report import SOFTMAX, AttentionReport, AttentionSite
 from saddc.passes.find_vit_blocks import AttentionBlock, dims, find_attention_blocks
-from saddc.passes.kernel_call import emit_kernel
+from saddc.passes.kernel_call import emit_kernel, rewrite_functions
 from saddc.passes.selection import position_matches
 from saddc.schedules import binary_codes, binary_hash, code_matmul, masked_sum, row_normalize
 
@@ -126,7 +126,7 @@ class ReplaceSoftmaxAttention:  # pylint: disable=too-few-public-methods
         cosines = {}
         if chosen:
             keys = _key_sources(mod, chosen)
-            rewritten = _AttentionRewriter(mod, chosen, keys, projections, options).run()
+            rewritten = rewrite_functions(_AttentionRewriter(mod, chosen, keys, projections, options), mod)
             rewritten = relax.transform.DeadCodeElimination()(rewritten)
             if options.measure_error:
                 cosines = self._measure(mod, rewritten, chosen, projections, report)
@@ -221,15 +221,8 @@ class _AttentionRewriter(relax.PyExprMutator):
 
     def __init__(self, mod, blocks, keys, projections, options):
         super().__init__(mod)
-        self.mod = mod
         self.by_output = {block.output: block for block in blocks}
         self.keys, self.projections, self.options = keys, projections, options
-
-    def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
 
     def visit_var_binding_(self, binding):
         block = self.by_output.get(binding.var)

@@ -30,7 +30,7 @@ from saddc.calibration import calibration_batches, cosine, probe
 from saddc.config import ShiftOptions
 from saddc.errors import ConfigError, RewriteError
 from saddc.passes.find_vit_blocks import LinearLayer, find_linear_layers
-from saddc.passes.kernel_call import emit_kernel
+from saddc.passes.kernel_call import emit_kernel, rewrite_functions
 from saddc.passes.selection import position_matches
 from saddc.schedules import shift_codes, shift_gemm
 from saddc.target import TargetSpec
@@ -194,7 +194,7 @@ class RewriteLinearToShift:  # pylint: disable=too-few-public-methods
                 weight_bytes_after=weights.nbytes,
                 kernel=kernels[layer.index][0], kernel_reason=kernels[layer.index][1],
             ))
-        rewritten = _ShiftRewriter(mod, layers, encoded, kernels, self.options.bits).run()
+        rewritten = rewrite_functions(_ShiftRewriter(mod, layers, encoded, kernels, self.options.bits), mod)
         self.reports["shift"] = report
         return relax.transform.DeadCodeElimination()(rewritten)
 
@@ -232,15 +232,8 @@ class _ShiftRewriter(relax.PyExprMutator):
 
     def __init__(self, mod, layers, encoded, kernels, bits):
         super().__init__(mod)
-        self.mod = mod
         self.by_output = {layer.output: layer for layer in layers}
         self.encoded, self.kernels, self.bits = encoded, kernels, bits
-
-    def run(self) -> tvm.IRModule:
-        for gvar, func in self.mod.functions_items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gvar, self.visit_expr(func))
-        return self.builder_.get()
 
     def visit_var_binding_(self, binding):
         layer = self.by_output.get(binding.var)

@@ -18,6 +18,7 @@ _LAZY = {
     "LowerConfig": ("saddc.config", "LowerConfig"),
     "ShiftOptions": ("saddc.config", "ShiftOptions"),
     "AttentionOptions": ("saddc.config", "AttentionOptions"),
+    "MoEOptions": ("saddc.config", "MoEOptions"),
     "load": ("saddc.runtime", "load"),
     "CompiledModule": ("saddc.runtime", "CompiledModule"),
     "SaddcError": ("saddc.errors", "SaddcError"),

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from saddc import artifacts
-from saddc.config import AttentionOptions, LowerConfig, ShiftOptions
+from saddc.config import AttentionOptions, LowerConfig, MoEOptions, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
 from saddc.errors import SaddcError
 from saddc.pipeline import phases, run_phases
@@ -120,12 +120,15 @@ def compile(  # pylint: disable=redefined-builtin
     shift: ShiftOptions | None = None,
     attention: AttentionOptions | None = None,
     pipeline: str = "saddc",
+    moe: MoEOptions | None = None,
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
 
     ``shift`` rewrites the linear layers it selects into shift GEMMs (``ShiftOptions``);
     ``attention`` replaces softmax attention and lowers binary-coded attention
-    (``AttentionOptions``). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
+    (``AttentionOptions``); ``moe`` turns the linear layers it selects into Mult/Shift MoE layers
+    with a sparse dispatch (``MoEOptions``; MoE layers the model computes are lowered to the
+    dispatch in any case). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
     instead of saddc's (no rewrites): a baseline built, exported and loaded like saddc's modules.
 
     Every check on user input (target, arch, nvcc, output path, the model file) runs before the
@@ -134,9 +137,10 @@ def compile(  # pylint: disable=redefined-builtin
     started = time.perf_counter()
     if pipeline not in PIPELINES:
         raise SaddcError(f"unknown pipeline '{pipeline}' (choose from: {', '.join(PIPELINES)})")
-    if pipeline == "tvm-default" and (shift or attention or dump_ir):
+    if pipeline == "tvm-default" and (shift or attention or moe or dump_ir):
         raise SaddcError("pipeline='tvm-default' is TVM's own pipeline: it takes no rewrites and dumps no IR")
-    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift, attention=attention)
+    config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift, attention=attention,
+                         moe=moe)
     output = artifacts.check_output_path(output) if output is not None else None
     if isinstance(model, tvm.IRModule):
         source = onnx_model = None

@@ -1,4 +1,5 @@
-"""What benchmark scripts share: the machine they ran on, and summaries of repeated timings.
+"""What benchmark scripts share: their build-here, run-there command line, the machine they ran
+on, and summaries of repeated timings.
 
 Timings are taken side by side in one process (these machines are noisy); results name the
 machine (CPU model and cores, or the GPU) and the method. torch is imported only for GPU facts.
@@ -6,11 +7,14 @@ machine (CPU model and cores, or the GPU) and the method. torch is imported only
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
 from pathlib import Path
+from typing import Callable
 
 
 def machine(is_cuda: bool) -> dict:
@@ -55,3 +59,31 @@ def summary(seconds: list[float]) -> dict:
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def script_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: the target, the split between compiling (here,
+    with TVM's compiler) and timing (there, with the runtime only), and the result file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
+    parser.add_argument("--build-only", metavar="DIR", help="compile the modules into DIR and stop")
+    parser.add_argument("--run", metavar="DIR", help="time the modules compiled into DIR")
+    parser.add_argument("--out", help=f"result JSON (default benchmarks/results/{name}_<target>_<machine>.json)")
+    return parser
+
+
+def build_then_run(args: argparse.Namespace, name: str, results: Path, build: Callable[[Path], None],
+                   run: Callable[[Path, Path], object]) -> int:
+    """Builds into ``--build-only`` and stops; or times ``--run``'s modules; or builds into
+    ``out/bench-<name>/<target>`` and times them. ``build`` writes a ``plan.json`` naming the
+    target; the result goes to ``--out`` or to ``results/<name>_<target>_<machine>.json``."""
+    if args.build_only:
+        build(Path(args.build_only))
+        return 0
+    build_dir = Path(args.run) if args.run else Path("out") / f"bench-{name.replace('_', '-')}" / args.target
+    if not args.run:
+        build(build_dir)
+    target = json.loads((build_dir / "plan.json").read_text())["target"]
+    default = results / f"{name}_{target}_{machine_slug(machine(target == 'cuda'))}.json"
+    run(build_dir, Path(args.out) if args.out else default)
+    return 0

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, SHIFT_KERNELS
+from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, MOE_DISPATCHES, SHIFT_KERNELS
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -17,6 +17,7 @@ Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
   saddc compile model.onnx --target cuda --arch sm_90 -o model.so
   saddc compile model.onnx --shift mlp --shift-lossy --calibration images.npy
   saddc compile model.onnx --attention additive --attention-skip last-stage
+  saddc compile model.onnx --moe mlp --moe-shift-ratio 0.6 --calibration images.npy
   saddc inspect model.onnx
   saddc run model.so --input x.npy
 """
@@ -74,9 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--attention-seed", type=int, default=0, help="SimHash seed (default 0)")
     attention.add_argument("--attention-skip", metavar="LIST", default="",
                            help="softmax blocks to keep: first, last, last-stage, block indices")
+    moe = compile_.add_argument_group(
+        "mixture of experts", "turn linear layers into a Mult/Shift MoE with a router fitted on calibration "
+        "tokens, run as a sparse dispatch (lossy, with an error report); MoE layers the model computes "
+        "(saddc.nn.MoELinear) are always lowered to the dispatch exactly",
+    )
+    moe.add_argument("--moe", metavar="GROUPS", help="layers to turn into MoE layers, as for --shift (e.g. mlp)")
+    moe.add_argument("--moe-shift-ratio", type=float, default=0.5, metavar="R",
+                     help="fraction of calibration tokens to route to the Shift expert, 0 to 1 (default 0.5)")
+    moe.add_argument("--moe-bits", type=int, choices=(4, 5), default=5, help="Shift expert code width (default 5)")
+    moe.add_argument("--moe-dispatch", choices=MOE_DISPATCHES, default="sparse",
+                     help="sparse (partition, segmented GEMMs, scatter; default) or select (both experts "
+                     "on every token, then a select: the baseline)")
     compile_.add_argument("--calibration", metavar="FILE.npy",
-                          help="model inputs for the error reports of lossy rewrites (--shift-lossy, "
-                          "--attention); default: synthetic N(0,1), with a warning")
+                          help="model inputs for lossy rewrites' error reports and the MoE routers (--shift-lossy, "
+                          "--attention, --moe); default: synthetic N(0,1), with a warning")
 
     inspect_ = commands.add_parser(
         "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
@@ -96,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_compile(args) -> int:
     # pylint: disable=import-outside-toplevel
     from saddc.api import compile as compile_model
-    from saddc.config import AttentionOptions, ShiftOptions
+    from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
 
     output = args.output or str(Path(args.model).with_suffix(".so"))
     shift_flags = args.shift_skip or args.shift_lossy or args.shift_bits != 5 or args.shift_kernel != "auto"
@@ -107,8 +120,11 @@ def cmd_compile(args) -> int:
     if args.attention is None and attention_flags:
         raise SaddcError("--attention-form, --attention-bits, --attention-hash, --attention-seed and "
                          "--attention-skip need --attention additive|taylor")
-    if args.calibration and args.shift is None and args.attention is None:
-        raise SaddcError("--calibration needs a rewrite to report on: --shift GROUPS or --attention MODE")
+    moe_flags = args.moe_shift_ratio != 0.5 or args.moe_bits != 5 or args.moe_dispatch != "sparse"
+    if args.moe is None and moe_flags:
+        raise SaddcError("--moe-shift-ratio, --moe-bits and --moe-dispatch need --moe GROUPS")
+    if args.calibration and args.shift is None and args.attention is None and args.moe is None:
+        raise SaddcError("--calibration needs a rewrite to report on: --shift GROUPS, --attention MODE or --moe GROUPS")
     shift = None if args.shift is None else ShiftOptions(
         layers=args.shift, skip=args.shift_skip, bits=args.shift_bits, lossy=args.shift_lossy,
         kernel=args.shift_kernel, calibration=args.calibration,
@@ -117,9 +133,13 @@ def cmd_compile(args) -> int:
         mode=args.attention, form=args.attention_form, bits=args.attention_bits, hash=args.attention_hash,
         seed=args.attention_seed, skip=args.attention_skip, calibration=args.calibration,
     )
+    moe = None if args.moe is None else MoEOptions(
+        layers=args.moe, shift_ratio=args.moe_shift_ratio, bits=args.moe_bits, calibration=args.calibration,
+        dispatch=args.moe_dispatch,
+    )
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output, dump_ir=args.dump_ir,
-        progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention,
+        progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention, moe=moe,
     )
     print("\n".join(result.summary_lines()))
     return 0

@@ -9,9 +9,10 @@ from pathlib import Path
 from saddc.errors import ConfigError
 from saddc.target import TargetSpec, parse_target
 
-# Layer groups users select by (``--shift mlp,attn-proj``); roles are found by
-# passes/find_vit_blocks.py from the dataflow, not from layer names.
-SHIFT_GROUPS = {
+# Layer groups users select by (``--shift mlp,attn-proj``, ``--moe mlp``); roles are found by
+# passes/find_vit_blocks.py from the dataflow, not from layer names. An MoE router (role
+# ``router``) is in no group: it is never rewritten.
+LAYER_GROUPS = {
     "all": ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "other"),
     "attn": ("qkv", "attn-proj"),
     "mlp": ("mlp-fc1", "mlp-fc2"),
@@ -23,6 +24,20 @@ SHIFT_KERNELS = ("auto", "add-only", "decode-mma")
 def _split_list(value: str | list[str]) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``; a list passes through."""
     return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+def _layer_groups(layers: str, rewrite: str) -> list[str]:
+    groups = [g.strip() for g in layers.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in LAYER_GROUPS]
+    if unknown or not groups:
+        raise ConfigError(
+            f"unknown {rewrite} layer group '{','.join(unknown) or layers}' (choose from: {', '.join(LAYER_GROUPS)})"
+        )
+    return groups
+
+
+def _roles(groups: list[str]) -> set[str]:
+    return {role for group in groups for role in LAYER_GROUPS[group]}
 
 
 def _require_file(value, what: str) -> None:
@@ -53,13 +68,7 @@ class ShiftOptions:
     calibration: str | os.PathLike | object | None = None
 
     def __post_init__(self):
-        self.groups = [g.strip() for g in self.layers.split(",") if g.strip()]
-        unknown = [g for g in self.groups if g not in SHIFT_GROUPS]
-        if unknown or not self.groups:
-            raise ConfigError(
-                f"unknown shift layer group '{','.join(unknown) or self.layers}' "
-                f"(choose from: {', '.join(SHIFT_GROUPS)})"
-            )
+        self.groups = _layer_groups(self.layers, "shift")
         self.skip = _split_list(self.skip)
         if self.bits not in (4, 5):
             raise ConfigError(f"--shift-bits must be 4 or 5, not {self.bits}")
@@ -69,7 +78,7 @@ class ShiftOptions:
 
     @property
     def roles(self) -> set[str]:
-        return {role for group in self.groups for role in SHIFT_GROUPS[group]}
+        return _roles(self.groups)
 
 
 ATTENTION_MODES = ("additive", "taylor")
@@ -120,6 +129,49 @@ class AttentionOptions:
         _require_file(self.calibration, "calibration file")
 
 
+MOE_DISPATCHES = ("sparse", "select")
+
+
+@dataclass
+class MoEOptions:
+    """Which linear layers become a two-expert MoE (Mult: the layer; Shift: its power-of-two
+    rewrite) with a router fitted at compile time, dispatched sparsely. (MoE layers a model
+    already computes are always lowered to the dispatch, exactly; these options build new ones.)
+
+    layers:       comma-separated layer groups, as for ``ShiftOptions`` (default ``mlp``)
+    shift_ratio:  the fraction of calibration tokens the router sends to the Shift expert
+                  (0 to 1): those whose shift error is smallest, as far as a linear router
+                  can tell them apart
+    bits:         the Shift expert's code width, 5 or 4
+    calibration:  a .npy of model inputs (or an array) to fit the routers on; synthetic
+                  N(0, 1) inputs, with a warning, when absent
+    measure_error: measure the model's error on calibration inputs (the default); False skips it
+    dispatch:     ``sparse`` (partition, segmented GEMMs, scatter: the point) or ``select``
+                  (both experts on every token, then a select: the baseline to compare with)
+    """
+
+    layers: str = "mlp"
+    shift_ratio: float = 0.5
+    bits: int = 5
+    calibration: str | os.PathLike | object | None = None
+    measure_error: bool = True
+    dispatch: str = "sparse"
+
+    def __post_init__(self):
+        self.groups = _layer_groups(self.layers, "moe")
+        if self.dispatch not in MOE_DISPATCHES:
+            raise ConfigError(f"unknown MoE dispatch '{self.dispatch}' (choose from: {', '.join(MOE_DISPATCHES)})")
+        if not 0.0 <= self.shift_ratio <= 1.0:
+            raise ConfigError(f"--moe-shift-ratio must be between 0 and 1, not {self.shift_ratio}")
+        if self.bits not in (4, 5):
+            raise ConfigError(f"--moe-bits must be 4 or 5, not {self.bits}")
+        _require_file(self.calibration, "calibration file")
+
+    @property
+    def roles(self) -> set[str]:
+        return _roles(self.groups)
+
+
 @dataclass
 class LowerConfig:
     """What the saddc pipeline does to a Relax module.
@@ -129,6 +181,8 @@ class LowerConfig:
     shift:       turn linear layers into shift primitives (``ShiftOptions``), or None.
     attention:   turn softmax attention into additive or Taylor attention, and lower
                  binary-coded attention (``AttentionOptions``), or None.
+    moe:         turn linear layers into Mult/Shift MoE layers (``MoEOptions``), or None.
+                 MoE layers the model already computes are lowered either way.
     layer_names: weight identity -> layer name (filled from the ONNX model by ``compile``).
     reports:     per-rewrite reports, by rewrite name (filled in by the rewrite passes).
     """
@@ -137,12 +191,17 @@ class LowerConfig:
     dump_ir: str | Path | None = None
     shift: ShiftOptions | None = None
     attention: AttentionOptions | None = None
+    moe: MoEOptions | None = None
     layer_names: dict[str, str] = field(default_factory=dict)
     reports: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.target, str):
             self.target = parse_target(self.target)
+        if self.shift is not None and self.moe is not None:
+            both = self.shift.roles & self.moe.roles
+            if both:
+                raise ConfigError(f"--shift and --moe both select {', '.join(sorted(both))} layers: choose one rewrite a layer")
 
     @property
     def rewrites(self) -> list[str]:

@@ -2,8 +2,9 @@
 
     cleanup          fold constants and decompose inference-only ops, so patterns see plain
                      matmuls with constant weights
-    reparameterize   saddc's rewrites (binary-coded attention lowering, shift, attention
-                     replacement; MoE dispatch to come), as configured
+    reparameterize   saddc's rewrites: lossless lowerings of what the model already computes
+                     (MoE layers, always; binary-coded attention), then the lossy ones as
+                     configured (MoE from plain layers, shift, attention replacement)
     legalize         Relax ops to TIR, fused
     schedule         kernel schedules for the target
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
@@ -51,20 +52,25 @@ def cleanup_passes(config: LowerConfig) -> list:
 def reparameterize_passes(config: LowerConfig) -> list:
     """saddc's rewrites, each gated by ``config``; each records its report in ``config.reports``.
 
-    Binary codes a model already computes are lowered first, so their hash projections are not
-    taken for linear layers; softmax attention is replaced last, since the shift rewrite finds
-    the q/k/v and projection layers through the attention blocks.
+    MoE layers the model computes are lowered first (lossless, always), so no later rewrite
+    takes their experts for plain layers; binary codes a model already computes are lowered
+    next, so their hash projections are not taken for linear layers either. Softmax attention
+    is replaced last, since the shift rewrite finds the q/k/v and projection layers through
+    the attention blocks.
     """
     # pylint: disable=import-outside-toplevel
     from saddc.passes import (
-        LowerBinaryCodedAttention, ReplaceSoftmaxAttention, RewriteLinearToShift, RewritePatchEmbeddingToMatmul,
+        BuildMoEFromLinear, LowerBinaryCodedAttention, LowerMoEDispatch, ReplaceSoftmaxAttention,
+        RewriteLinearToShift, RewritePatchEmbeddingToMatmul,
     )
 
     attention = config.attention
-    passes = []
+    passes = [LowerMoEDispatch(config.target, config.layer_names, config.reports)]
     if attention is not None:
         form = attention.form if attention.mode == "additive" else None
         passes.append(LowerBinaryCodedAttention(config.reports, attention.mode, form))
+    if config.moe is not None:
+        passes.append(BuildMoEFromLinear(config.moe, config.target, config.layer_names, config.reports))
     if config.shift is not None:
         if "patch-embed" in config.shift.roles:
             passes.append(RewritePatchEmbeddingToMatmul())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from saddc.schedules.binary_codes import check_bits, code_matmul
+from saddc.schedules.register_accumulator import accumulate_in_registers
 from saddc.schedules.masked_sum import code_bit
 
 __all__ = ["code_matmul_te", "schedule", "schedule_cpu", "schedule_cuda", "reference"]
@@ -47,13 +48,9 @@ def schedule_cpu(sch: s_tir.Schedule, lanes: int = 16) -> None:
     row = sch.fuse(g, i)
     sch.reorder(row, c_outer, t, c_inner)
     sch.parallel(row)
-    accumulator = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulator, c_outer)
     sch.unroll(t)
     sch.vectorize(c_inner)
-    init = sch.decompose_reduction(block, t)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(accumulator)[-1])
+    accumulate_in_registers(sch, block, c_outer, t, vectorized=True)
 
 
 def schedule_cuda(sch: s_tir.Schedule, rows_per_block: int = 4, max_threads_x: int = 128) -> None:
@@ -68,10 +65,8 @@ def schedule_cuda(sch: s_tir.Schedule, rows_per_block: int = 4, max_threads_x: i
     sch.bind(sch.fuse(row_block, column_outer), "blockIdx.x")
     sch.bind(row_thread, "threadIdx.y")
     sch.bind(column_thread, "threadIdx.x")
-    accumulator = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulator, column_thread)
-    sch.decompose_reduction(block, t)
     sch.unroll(t)
+    accumulate_in_registers(sch, block, column_thread, t)
 
 
 def schedule(func: tirx.PrimFunc, target) -> s_tir.Schedule:

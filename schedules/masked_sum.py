@@ -11,6 +11,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 
 from saddc.schedules.binary_codes import WORD_BITS, check_bits, code_counts, masked_sum
+from saddc.schedules.register_accumulator import accumulate_in_registers
 
 __all__ = ["masked_sum_te", "code_counts_te", "code_bit", "schedule", "schedule_cpu", "schedule_cuda",
            "reference", "reference_counts"]
@@ -84,13 +85,9 @@ def schedule_cpu(sch: s_tir.Schedule, bit_tile: int = 4, lanes: int = 8) -> None
     sch.reorder(g, t_outer, c_outer, j, t_inner, c_inner)
     tile = sch.fuse(g, t_outer, c_outer)
     sch.parallel(tile)
-    accumulator = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulator, tile)
     sch.unroll(t_inner)
     sch.vectorize(c_inner)
-    init = sch.decompose_reduction(block, j)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(accumulator)[-1])
+    accumulate_in_registers(sch, block, tile, j, vectorized=True)
 
 
 def schedule_cuda(sch: s_tir.Schedule, rows_per_chunk: int = 64) -> None:
@@ -115,11 +112,9 @@ def schedule_cuda(sch: s_tir.Schedule, rows_per_chunk: int = 64) -> None:
         sch.reorder(g, chunk, thread, row)
     sch.bind(sch.fuse(g, chunk), "blockIdx.x")
     sch.bind(thread, "threadIdx.x")
-    accumulator = sch.cache_write(partial, 0, "local")
-    sch.reverse_compute_at(accumulator, thread)
-    sch.decompose_reduction(partial, row)
     if thread != t:
         sch.unroll(t)
+    accumulate_in_registers(sch, partial, thread, row)
     out_block, out_thread = sch.split(sch.fuse(*sch.get_loops(block)[:-1]), [None, 128])
     sch.bind(out_block, "blockIdx.x")
     sch.bind(out_thread, "threadIdx.x")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm.s_tir import dlight as dl
 
-from saddc.schedules import binary_hash, code_matmul, masked_sum, row_normalize, shift_gemm
+from saddc.schedules import binary_hash, code_matmul, masked_sum, permute_rows, row_normalize, shift_gemm
 
 KERNEL_ATTR = "saddc.kernel"
 # Kernel tag -> its module's ``schedule(func, target)``.
@@ -17,7 +17,10 @@ SCHEDULES = {
     "masked_sum": masked_sum.schedule,
     "code_matmul": code_matmul.schedule,
     "row_normalize": row_normalize.schedule,
+    "permute_rows": permute_rows.schedule,
 }
+# token_partition and the segmented GEMMs are written with their schedules in place
+# (``tirx.is_scheduled``): DLight passes them by.
 
 
 class SaddcKernels(dl.ScheduleRule):

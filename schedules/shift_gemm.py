@@ -51,7 +51,7 @@ def _u32(value: int) -> tirx.PrimExpr:
     return tirx.const(value, "uint32")
 
 
-def _shifted_product(x_value, code, exponent, bits: int):
+def shifted_product(x_value, code, exponent, bits: int):
     """``x * (+-2^s)`` for one activation and one code, by exponent-field arithmetic only."""
     x_bits = tirx.reinterpret("uint32", x_value)
     level = tirx.Cast("int32", code & _u32(top_level(bits)))
@@ -68,10 +68,14 @@ def _shifted_product(x_value, code, exponent, bits: int):
     return tirx.Select(contributes, tirx.reinterpret("float32", product_bits), tirx.const(0.0, "float32"))
 
 
+def packed_code(packed, word, lane, n, bits: int):
+    """Code ``lane`` of packed word ``[word, n]``: the weight of in-feature ``word * per_word + lane``."""
+    return (packed[word, n] >> tirx.Cast("uint32", lane * bits)) & _u32((1 << bits) - 1)
+
+
 def _code(packed, k, n, bits: int):
     per_word = codes_per_word(bits)
-    word = packed[k // per_word, n]
-    return (word >> tirx.Cast("uint32", (k % per_word) * bits)) & _u32((1 << bits) - 1)
+    return packed_code(packed, k // per_word, k % per_word, n, bits)
 
 
 def shift_gemm_te(x: te.Tensor, packed: te.Tensor, exponents: te.Tensor, bias: te.Tensor | None,
@@ -91,8 +95,8 @@ def shift_gemm_te(x: te.Tensor, packed: te.Tensor, exponents: te.Tensor, bias: t
             # Codes past K are zero weights, which contribute nothing; clamping the activation
             # index keeps the read in bounds without a predicate in the unrolled loop.
             k = tirx.min(k, in_features - 1)
-        code = (packed[word, n] >> tirx.Cast("uint32", lane * bits)) & _u32((1 << bits) - 1)
-        return te.sum(_shifted_product(x[m, k], code, exponents[n], bits), axis=[word, lane])
+        return te.sum(shifted_product(x[m, k], packed_code(packed, word, lane, n, bits), exponents[n], bits),
+                      axis=[word, lane])
 
     acc = te.compute((rows, out_features), accumulate, name=ACCUMULATE_BLOCK)
     if bias is None:

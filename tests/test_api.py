@@ -86,3 +86,20 @@ def test_compile_without_output_builds_but_writes_nothing(tmp_path):
     result = saddc.compile(mod, target="llvm")
     assert result.output is None and result.executable is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tvm_default_pipeline_builds_a_baseline_module(tmp_path):
+    """pipeline='tvm-default': TVM's own pipeline, exported and loaded like a saddc module."""
+    import json
+
+    mod, weights = small_mlp()
+    result = saddc.compile(mod, output=tmp_path / "baseline.so", pipeline="tvm-default")
+    assert "(TVM's default pipeline, the baseline)" in result.summary_lines()[0]
+    assert json.loads((tmp_path / "baseline.json").read_text())["pipeline"] == "tvm-default"
+    x = np.random.default_rng(1).standard_normal((4, 16)).astype("float32")
+    (out,) = saddc.load(tmp_path / "baseline.so")(x)
+    np.testing.assert_allclose(out, reference(x, *weights), rtol=1e-4, atol=1e-4)
+    with pytest.raises(saddc.SaddcError, match="takes no rewrites"):
+        saddc.compile(mod, pipeline="tvm-default", attention=saddc.AttentionOptions())
+    with pytest.raises(saddc.SaddcError, match="unknown pipeline 'fast'"):
+        saddc.compile(mod, pipeline="fast")

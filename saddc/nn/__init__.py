@@ -5,6 +5,10 @@ compiled module is checked against and the starting point of fine-tuning (after 
 exported model lowers exactly):
 
 - ``round_weights_to_shift``   linear weights rounded to powers of two, as ``--shift`` rounds them
+- ``ShiftLinear``              a linear layer that trains with power-of-two weights
+- ``MoELinear``                a top-1 Mult/Shift mixture with a learned router (the model-side
+                               MoE that ``saddc compile`` lowers to its sparse dispatch)
+- ``balance_loss``, ``model_balance_loss``  ShiftAddViT's latency-aware load-balancing loss
 - ``SoftmaxAttention``         the attention core ``softmax(Q K^T s) V`` of saddc's example models
 - ``AdditiveAttention``        binary-coded linear attention (``--attention additive``)
 - ``TaylorAttention``          first-order Taylor attention (``--attention taylor``)
@@ -12,7 +16,8 @@ exported model lowers exactly):
 """
 
 from saddc.nn.attention import AdditiveAttention, SoftmaxAttention, TaylorAttention, replace_attention
-from saddc.nn.shift import round_weights_to_shift
+from saddc.nn.moe import MoELinear, Routing, balance_loss, model_balance_loss
+from saddc.nn.shift import ShiftLinear, round_weights_to_shift, rounded_to_shift
 
-__all__ = ["AdditiveAttention", "SoftmaxAttention", "TaylorAttention", "replace_attention",
-           "round_weights_to_shift"]
+__all__ = ["AdditiveAttention", "MoELinear", "Routing", "ShiftLinear", "SoftmaxAttention", "TaylorAttention",
+           "balance_loss", "model_balance_loss", "replace_attention", "round_weights_to_shift", "rounded_to_shift"]

@@ -1,0 +1,207 @@
+"""Segmented GEMM: one expert's linear layer on its own rows of the token-sorted buffer.
+
+After ``token_partition``, expert ``e`` owns rows ``[offsets[e], offsets[e + 1])`` of the
+sorted activations ``xs`` (M, K). Its kernel computes ``ys[m] = xs[m] @ W_e + b_e`` for those
+rows only and leaves the other rows alone, so the experts' kernels run one after another on
+one output buffer (the first allocates it, the next update it in place) and together cover
+every row once. The total shape M is static; only the split is decided at run time.
+
+Two expert kinds:
+
+- ``dense`` (the Mult expert): float32 weights (K, N), multiply-add;
+- ``shift`` (the Shift expert): weights in the packed power-of-two format (shift_codes), each
+  product an exponent-field add (``shift_gemm.shifted_product``): no float multiply.
+
+Both kernels work on tiles of ``rows`` rows that share each weight load. A tile wholly inside
+the segment runs the unrolled ``rows``-row body; the (at most two) tiles that straddle a
+segment boundary run it a row at a time; tiles outside the segment do nothing. The row range
+is data-dependent, which TensorIR's schedule primitives cannot express (they need affine block
+bindings), so each target's kernel is written with its schedule in place: on the CPU, tiles in
+parallel with output channels in SIMD lanes; on CUDA, a thread per (row tile, output channel),
+warps along the channels so weight loads coalesce.
+
+``reference`` (numpy) is ``segmented_reference``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+from saddc.schedules.shift_codes import ShiftWeights, codes_per_word, reference_matmul
+from saddc.schedules.shift_gemm import packed_code, shifted_product
+from saddc.schedules.simd import simd_lanes
+
+__all__ = ["DENSE", "SHIFT", "KINDS", "dense_segment", "shift_segment", "segmented_reference"]
+
+DENSE = "dense"
+SHIFT = "shift"
+KINDS = (DENSE, SHIFT)
+
+# Rows a tile (sharing each weight load); output channels a CUDA thread block spans.
+ROWS_CPU = 4
+ROWS_CUDA = 4
+THREADS_N = 64
+THREADS_M = 4
+
+
+def segmented_reference(xs: np.ndarray, offsets: np.ndarray, experts: list) -> np.ndarray:
+    """``ys`` with each expert's rows computed by it (numpy). ``experts``: per expert, a tuple
+    ``(DENSE, weight (K, N), bias)`` or ``(SHIFT, ShiftWeights, bias)``."""
+    out_features = _out_features(experts[0])
+    ys = np.zeros((xs.shape[0], out_features), np.float32)
+    for e, (kind, weights, bias) in enumerate(experts):
+        rows = xs[offsets[e]:offsets[e + 1]].astype(np.float32)
+        ys[offsets[e]:offsets[e + 1]] = (reference_matmul(rows, weights, bias) if kind == SHIFT
+                                        else rows @ weights + bias)
+    return ys
+
+
+def _out_features(expert) -> int:
+    kind, weights, _ = expert
+    return weights.out_features if isinstance(weights, ShiftWeights) else weights.shape[1]
+
+
+def dense_segment(expert: int, in_features: int, out_features: int, is_cuda: bool) -> tirx.PrimFunc:
+    """``ys[m] = xs[m] @ weight + bias`` for expert ``expert``'s rows."""
+
+    def product(xs, weight, m, k, n):
+        return xs[m, k] * weight[k, n]
+
+    weight_shape = (in_features, out_features)
+    return _segment_kernel(expert, in_features, out_features, is_cuda, product, ("float32",), (weight_shape,),
+                           reduce_extent=(in_features, 1))
+
+
+def shift_segment(expert: int, in_features: int, out_features: int, bits: int, is_cuda: bool) -> tirx.PrimFunc:
+    """``ys[m] = xs[m] @ W + bias`` for expert ``expert``'s rows, ``W`` in the packed shift format."""
+    per_word = codes_per_word(bits)
+    words = -(-in_features // per_word)
+
+    def product(xs, packed, exponents, m, word, lane, n):
+        # Codes past K are zero weights; clamping keeps the activation read in bounds.
+        k = tirx.min(word * per_word + lane, in_features - 1)
+        return shifted_product(xs[m, k], packed_code(packed, word, lane, n, bits), exponents[n], bits)
+
+    return _segment_kernel(expert, in_features, out_features, is_cuda, product, ("uint32", "int32"),
+                           ((words, out_features), (out_features,)), reduce_extent=(words, per_word))
+
+
+def _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_dtypes, weight_shapes,
+                    reduce_extent):
+    """The CPU or CUDA kernel around ``product``: a dense expert has one weight buffer and a
+    plain k loop; a shift expert has two (packed codes, exponents) and a (word, lane) loop."""
+    two_buffers = len(weight_shapes) == 2
+
+    def term(xs, first, second, m, k_outer, k_inner, n):
+        if two_buffers:
+            return product(xs, first, second, m, k_outer, k_inner, n)
+        return product(xs, first, m, k_outer, n)
+
+    builder = _cuda_kernel if is_cuda else _cpu_kernel
+    # A dense expert's kernel is written with a second weight buffer like a shift expert's and
+    # loses it afterwards, so one kernel text serves both kinds.
+    weights = (weight_shapes[0], weight_dtypes[0], weight_shapes[-1], weight_dtypes[-1])
+    return _drop_unused_second(builder(expert, in_features, out_features, term, weights, reduce_extent), two_buffers)
+
+
+def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent):
+    lanes = simd_lanes(out_features)
+    rows = ROWS_CPU
+    outer, inner = reduce_extent
+    first_shape, first_dtype, second_shape, second_dtype = weights
+
+    @T.macro
+    def tile(xs, first, second, bias, ys, m0, tile_rows, channel_block):
+        acc = T.alloc_buffer((tile_rows, lanes), "float32", scope="local")
+        for r in T.unroll(tile_rows):
+            for i in T.vectorized(lanes):
+                acc[r, i] = T.float32(0)
+        for k_outer in range(outer):
+            for k_inner in T.unroll(inner):
+                for r in T.unroll(tile_rows):
+                    for i in T.vectorized(lanes):
+                        acc[r, i] = acc[r, i] + term(xs, first, second, m0 + r, k_outer, k_inner,
+                                                     channel_block * lanes + i)
+        for r in T.unroll(tile_rows):
+            for i in T.vectorized(lanes):
+                ys[m0 + r, channel_block * lanes + i] = acc[r, i] + bias[channel_block * lanes + i]
+
+    @T.prim_func(private=True, s_tir=True)
+    def segment(xs_handle: T.handle, offsets: T.Buffer((3,), "int32"), first: T.Buffer(first_shape, first_dtype),
+                second: T.Buffer(second_shape, second_dtype), bias: T.Buffer((out_features,), "float32"),
+                ys_handle: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        tokens = T.int64()
+        xs = T.match_buffer(xs_handle, (tokens, in_features), "float32")
+        ys = T.match_buffer(ys_handle, (tokens, out_features), "float32")
+        with T.sblock("root"):
+            start = T.Cast("int64", offsets[expert])
+            end = T.Cast("int64", offsets[expert + 1])
+            for row_tile in T.parallel(T.ceildiv(tokens, T.int64(rows))):
+                low = T.max(row_tile * rows, start)
+                high = T.min(row_tile * rows + rows, end)
+                for channel_block in range(out_features // lanes):
+                    if high - low == rows:
+                        tile(xs, first, second, bias, ys, low, rows, channel_block)
+                    else:
+                        for m in range(T.max(high - low, T.int64(0))):
+                            tile(xs, first, second, bias, ys, low + m, 1, channel_block)
+
+    return segment
+
+
+def _cuda_kernel(expert, in_features, out_features, term, weights, reduce_extent):
+    rows = ROWS_CUDA
+    outer, inner = reduce_extent
+    first_shape, first_dtype, second_shape, second_dtype = weights
+    channel_blocks = -(-out_features // THREADS_N)
+
+    @T.macro
+    def tile(xs, first, second, bias, ys, m0, tile_rows, n):
+        acc = T.alloc_buffer((tile_rows,), "float32", scope="local")
+        for r in T.unroll(tile_rows):
+            acc[r] = T.float32(0)
+        for k_outer in range(outer):
+            for k_inner in T.unroll(inner):
+                for r in T.unroll(tile_rows):
+                    acc[r] = acc[r] + term(xs, first, second, m0 + r, k_outer, k_inner, n)
+        for r in T.unroll(tile_rows):
+            ys[m0 + r, n] = acc[r] + bias[n]
+
+    @T.prim_func(private=True, s_tir=True)
+    def segment(xs_handle: T.handle, offsets: T.Buffer((3,), "int32"), first: T.Buffer(first_shape, first_dtype),
+                second: T.Buffer(second_shape, second_dtype), bias: T.Buffer((out_features,), "float32"),
+                ys_handle: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        tokens = T.int64()
+        xs = T.match_buffer(xs_handle, (tokens, in_features), "float32")
+        ys = T.match_buffer(ys_handle, (tokens, out_features), "float32")
+        with T.sblock("root"):
+            for row_block in T.thread_binding(T.ceildiv(tokens, T.int64(rows * THREADS_M)), thread="blockIdx.y"):
+                for channel_block in T.thread_binding(channel_blocks, thread="blockIdx.x"):
+                    for row_thread in T.thread_binding(THREADS_M, thread="threadIdx.y"):
+                        for channel_thread in T.thread_binding(THREADS_N, thread="threadIdx.x"):
+                            start = T.Cast("int64", offsets[expert])
+                            end = T.Cast("int64", offsets[expert + 1])
+                            n = channel_block * THREADS_N + channel_thread
+                            low = T.max((row_block * THREADS_M + row_thread) * rows, start)
+                            high = T.min((row_block * THREADS_M + row_thread) * rows + rows, end)
+                            if n < out_features:
+                                if high - low == rows:
+                                    tile(xs, first, second, bias, ys, low, rows, n)
+                                else:
+                                    for m in range(T.max(high - low, T.int64(0))):
+                                        tile(xs, first, second, bias, ys, low + m, 1, n)
+
+    return segment
+
+
+def _drop_unused_second(func: tirx.PrimFunc, two_buffers: bool) -> tirx.PrimFunc:
+    """A dense expert's kernel has one weight buffer: its unused second parameter is removed."""
+    if two_buffers:
+        return func
+    params = list(func.params)
+    del params[3]
+    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)

@@ -1,0 +1,160 @@
+"""MoE: exported MoELinear models lowered exactly, and --moe building MoE layers from plain MLPs.
+
+References: an exported MoE model is compared with the torch model it came from; a built MoE
+(--moe) with the compute-both-and-select graph of the same routers (--moe-dispatch select),
+and at shift ratios 0 and 1 with ONNX Runtime on the original model and on the model whose MLP
+weights were rounded to powers of two.
+"""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+import saddc
+from conftest import ort_outputs, random_input, relative_error, run_saddc
+from model_zoo import IMAGE, build
+from saddc.config import MoEOptions, ShiftOptions
+from saddc.errors import ConfigError
+from saddc.frontends import import_onnx, load_onnx
+from saddc.frontends.torch_export import export_onnx
+from saddc.nn import MoELinear, round_weights_to_shift
+from saddc.passes import find_linear_layers, find_moe_layers
+from saddc.pipeline import cleanup_passes
+from test_api import small_mlp
+
+TOLERANCE = 1e-5
+
+
+def with_moe_mlps(model, seed=0):
+    """``model`` with every MLP linear an MoELinear from its weights, routers trained a little
+    so both experts get tokens."""
+    torch.manual_seed(seed)
+    for block in model.blocks:
+        block.mlp[0] = MoELinear.from_linear(block.mlp[0])
+        block.mlp[2] = MoELinear.from_linear(block.mlp[2])
+    for module in model.modules():
+        if isinstance(module, MoELinear):
+            torch.nn.init.normal_(module.router.weight, std=0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("moe")
+    example = torch.from_numpy(random_input((2,) + IMAGE[1:]))
+    moe_deit = with_moe_mlps(build("deit-own-fused"))
+    deit = build("deit-own-fused")
+    return {
+        "moe-deit": moe_deit,
+        "moe-deit-legacy": export_onnx(moe_deit, example, root / "moe-legacy.onnx", "legacy", 17),
+        "moe-deit-dynamo": export_onnx(moe_deit, example, root / "moe-dynamo.onnx", "dynamo", 18),
+        "deit": export_onnx(deit, example, root / "deit.onnx", "legacy", 17),
+        "deit-mlp-rounded": export_onnx(round_weights_to_shift(deit, include="*mlp.*"), example,
+                                        root / "deit-mlp-rounded.onnx", "legacy", 17),
+        "pvt": export_onnx(build("pvtv2-own"), torch.from_numpy(random_input(IMAGE)), root / "pvt.onnx", "legacy", 17),
+        "x": example.numpy(),
+    }
+
+
+def run_module(path, x):
+    return next(iter(saddc.load(path).run({"x": x}).values()))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_exported_moe_lowers_exactly_and_matches_torch(models, tmp_path, exporter):
+    out = tmp_path / "moe.so"
+    result = run_saddc("compile", models[f"moe-deit-{exporter}"], "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "moe layers:        4 (4 lowered from the model, lossless; 0 built, lossy), sparse dispatch" in result.stdout
+    assert result.stdout.count("experts dense/shift, lossless, exact") == 4
+    with torch.no_grad():
+        expected = models["moe-deit"](torch.from_numpy(models["x"])).numpy()
+    assert relative_error(run_module(out, models["x"]), expected) < TOLERANCE
+    routed = [m for m in models["moe-deit"].modules() if isinstance(m, MoELinear)]
+    assert routed, "the reference routes tokens"
+
+
+def test_recognizer_finds_router_experts_and_roles(models):
+    mod = import_onnx(load_onnx(models["moe-deit-legacy"])).mod
+    mod = tvm.transform.Sequential(cleanup_passes(None))(mod)
+    layers, unmatched = find_moe_layers(mod)
+    assert len(layers) == 4 and not unmatched
+    assert all(layer.router.role == "router" and layer.router.out_features == 2 for layer in layers)
+    roles = [layer.role for layer in find_linear_layers(mod)]
+    assert roles.count("router") == 4
+
+
+def test_shift_all_leaves_routers_alone(models, tmp_path):
+    result = saddc.compile(models["moe-deit-legacy"], shift=ShiftOptions(layers="all", lossy=True,
+                                                                         calibration=np.concatenate([models["x"]] * 2)))
+    shifted = [layer.role for layer in result.reports["shift"].layers]
+    assert "router" not in shifted and len(result.reports["moe"].layers) == 4
+
+
+@pytest.fixture(scope="module")
+def calibration(models):
+    return np.random.default_rng(7).standard_normal((8,) + IMAGE[1:]).astype("float32")
+
+
+def test_built_moe_equals_compute_both_and_select(models, tmp_path, calibration):
+    outputs = {}
+    for dispatch in ("sparse", "select"):
+        result = saddc.compile(models["deit"], output=tmp_path / f"{dispatch}.so",
+                               moe=MoEOptions(shift_ratio=0.5, calibration=calibration, dispatch=dispatch))
+        outputs[dispatch] = run_module(tmp_path / f"{dispatch}.so", models["x"])
+        report = result.reports["moe"]
+        assert [layer.role for layer in report.layers] == ["mlp-fc1", "mlp-fc2"] * 2
+        for layer in report.layers:
+            assert abs(layer.shift_ratio - 0.5) < 0.05, "the router is fitted to the requested ratio"
+            assert 0.9 < layer.output_cosine < 1.0
+        assert 0.9 < report.end_to_end["cosine"] < 1.0
+    assert relative_error(outputs["sparse"], outputs["select"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("ratio,reference", [(0.0, "deit"), (1.0, "deit-mlp-rounded")])
+def test_ratio_zero_is_the_original_and_one_is_all_shift(models, tmp_path, calibration, ratio, reference):
+    out = tmp_path / "m.so"
+    result = saddc.compile(models["deit"], output=out, moe=MoEOptions(shift_ratio=ratio, calibration=calibration))
+    assert all(layer.shift_ratio == ratio for layer in result.reports["moe"].layers)
+    (expected,) = ort_outputs(models[reference], {"x": models["x"]})
+    assert relative_error(run_module(out, models["x"]), expected) < TOLERANCE
+
+
+def test_cli_moe_reports_ratio_and_error(models, tmp_path, calibration):
+    np.save(tmp_path / "calibration.npy", calibration)
+    result = run_saddc("compile", models["pvt"], "--moe", "mlp", "--moe-shift-ratio", "0.75",
+                       "--calibration", tmp_path / "calibration.npy", "-o", tmp_path / "pvt.so")
+    assert result.returncode == 0, result.stderr
+    assert "moe layers:        4 (0 lowered from the model, lossless; 4 built, lossy), sparse dispatch" in result.stdout
+    assert "moe end to end:    output cosine" in result.stdout
+    assert result.stdout.count("of tokens to shift, output cosine") == 4
+
+
+def test_cuda_builds(models, tmp_path, calibration):
+    for name, moe in (("moe-deit-legacy", None), ("pvt", MoEOptions(calibration=calibration, measure_error=False))):
+        result = saddc.compile(models[name], target="cuda", output=tmp_path / f"{name}.so", moe=moe)
+        assert (tmp_path / f"{name}.so").exists() and result.reports["moe"].layers
+
+
+def test_bad_moe_requests_are_clear_errors(models, tmp_path):
+    result = run_saddc("compile", models["deit"], "--moe-shift-ratio", "0.3")
+    assert result.returncode != 0 and "need --moe GROUPS" in result.stderr and "Traceback" not in result.stderr
+    result = run_saddc("compile", models["deit"], "--moe", "mlp", "--moe-shift-ratio", "1.5")
+    assert result.returncode != 0 and "--moe-shift-ratio must be between 0 and 1, not 1.5" in result.stderr
+    result = run_saddc("compile", models["deit"], "--moe", "mlp", "--shift", "mlp-fc1", "--shift-lossy")
+    assert result.returncode != 0 and "--shift and --moe both select mlp-fc1 layers" in result.stderr
+    mlp, _ = small_mlp()
+    with pytest.raises(ConfigError, match=r"--moe qkv matches no layer in this model \(its linear layers are: head, mlp-fc1\)"):
+        saddc.compile(mlp, moe=MoEOptions(layers="qkv"))
+    with pytest.raises(ConfigError, match="unknown moe layer group 'fc'"):
+        MoEOptions(layers="fc")
+
+
+@pytest.mark.gpu
+def test_cuda_moe_module_runs_and_matches_torch(models, tmp_path):
+    out = tmp_path / "moe.so"
+    saddc.compile(models["moe-deit-legacy"], target="cuda", output=out)
+    with torch.no_grad():
+        expected = models["moe-deit"](torch.from_numpy(models["x"])).numpy()
+    assert relative_error(run_module(out, models["x"]), expected) < 1e-4
