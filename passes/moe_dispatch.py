@@ -186,7 +186,9 @@ class DispatchRewriter(relax.PyExprMutator):
         x = self.visit_expr(plan.activation)
         value = (emit_dispatch(self.builder_, x, plan, self.is_cuda) if self.dispatch == "sparse"
                  else emit_select(self.builder_, x, plan))
-        self.set_var_remap(binding.var, self.builder_.emit(value, name_hint=binding.var.name))
+        # The layer may be the function's output (bound outside the dataflow block's scope).
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(value, name_hint=binding.var.name))
 
 
 def routing_reference(x: np.ndarray, plan: DispatchPlan) -> np.ndarray:

@@ -130,10 +130,12 @@ def run(mod: tvm.IRModule, batches: list[list[np.ndarray]]) -> list[list[np.ndar
 
 
 def probe(mod: tvm.IRModule, variables: list[relax.Var], batches: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """The values of ``variables`` (bound in ``main``) on each batch: ``[batch][variable]``."""
+    """The values of ``variables`` (bound in ``main``, or its parameters) on each batch:
+    ``[batch][variable]``."""
     func = mod["main"]
     wanted = list(variables)
-    outputs = {}
+    # A parameter's value is the input itself.
+    outputs = {param: param for param in func.params if param in wanted}
     blocks = []
     for block in func.body.blocks:
         bound = [b.var for b in block.bindings if b.var in wanted]

@@ -158,3 +158,17 @@ def test_cuda_moe_module_runs_and_matches_torch(models, tmp_path):
     with torch.no_grad():
         expected = models["moe-deit"](torch.from_numpy(models["x"])).numpy()
     assert relative_error(run_module(out, models["x"]), expected) < 1e-4
+
+
+def test_layers_on_the_input_and_at_the_output(tmp_path):
+    """A layer reading a function parameter is probed from the inputs; one bound to the
+    function's output stays an output."""
+    mlp, _ = small_mlp()
+    x = np.random.default_rng(4).standard_normal((4, 16)).astype("float32")
+    outputs = {}
+    for dispatch in ("sparse", "select"):
+        result = saddc.compile(mlp, output=tmp_path / f"{dispatch}.so", moe=MoEOptions(
+            "all", shift_ratio=0.5, calibration=np.concatenate([x] * 4), dispatch=dispatch))
+        assert [layer.role for layer in result.reports["moe"].layers] == ["mlp-fc1", "head"]
+        (outputs[dispatch],) = saddc.load(tmp_path / f"{dispatch}.so")(x)
+    assert relative_error(outputs["sparse"], outputs["select"]) < TOLERANCE
