@@ -28,19 +28,10 @@ SHAPES = [("deit-tiny", "fc1", 192, 768, 197), ("deit-tiny", "fc2", 768, 192, 19
 RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _layer_module(batch, tokens, in_features, out_features):
-    from tvm import relax  # pylint: disable=import-outside-toplevel
-
+def _layer(in_features, out_features):
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((in_features, out_features)) / np.sqrt(in_features)).astype("float32")
-    bias = rng.standard_normal(out_features).astype("float32")
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((batch, tokens, in_features), "float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.op.add(relax.op.matmul(x, relax.const(weight)), relax.const(bias)))
-        bb.emit_func_output(out)
-    return bb.get()
+    return weight, rng.standard_normal(out_features).astype("float32")
 
 
 def _inputs(batch, tokens, in_features, seed):
@@ -64,7 +55,8 @@ def build(target: str, out_dir: Path, batches: list[int]) -> None:
             moe = MoEOptions("all", shift_ratio=ratio, calibration=_inputs(batch, tokens, k, seed=1),
                              measure_error=False, dispatch=variant.split()[1])
         name = f"{model}-{layer}-b{batch}-{variant.replace(' ', '-')}" + ("" if ratio is None else f"-{ratio}")
-        result = saddc.compile(_layer_module(batch, tokens, k, n), target=target, output=out_dir / f"{name}.so", moe=moe)
+        module = benchmarking.linear_module(batch, tokens, *_layer(k, n))
+        result = saddc.compile(module, target=target, output=out_dir / f"{name}.so", moe=moe)
         realized = None if moe is None else result.reports["moe"].layers[0].shift_ratio
         plan.append({"module": f"{name}.so", "model": model, "layer": layer, "in_features": k, "out_features": n,
                      "tokens": tokens, "batch": batch, "variant": variant, "shift_ratio": ratio,

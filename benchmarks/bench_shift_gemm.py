@@ -67,19 +67,6 @@ def _weight(in_features, out_features, seed=0) -> np.ndarray:
     return encode(rng.standard_normal((in_features, out_features)).astype("float32"), BITS).decode()
 
 
-def _linear_module(batch, tokens, weight, dtype):
-    import tvm  # pylint: disable=import-outside-toplevel
-    from tvm import relax  # pylint: disable=import-outside-toplevel
-
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((batch, tokens, weight.shape[0]), dtype))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(relax.op.matmul(x, relax.const(weight.astype(dtype))))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def build(target: str, out_dir: Path, batches) -> None:
     """Compile every (shape, batch, variant) module into ``out_dir`` with a plan.json."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -103,7 +90,7 @@ def build(target: str, out_dir: Path, batches) -> None:
         if variant.startswith("shift"):
             shift = ShiftOptions("all", bits=BITS, kernel=variant.split()[1])
         name = f"{model}-{layer}-b{batch}-{variant.replace(' ', '-')}"
-        result = saddc.compile(_linear_module(batch, tokens, weight, dtype), target=target,
+        result = saddc.compile(benchmarking.linear_module(batch, tokens, weight, dtype=dtype), target=target,
                                output=out_dir / f"{name}.so", shift=shift)
         bytes_read = weight.size * (2 if dtype == "float16" else 4)
         if shift is not None:

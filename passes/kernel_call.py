@@ -47,3 +47,22 @@ def rewrite_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IR
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
     return mutator.builder_.get()
+
+
+def rebind(mutator: relax.PyExprMutator, binding: relax.VarBinding, value: relax.Expr) -> relax.Var:
+    """Emit ``value`` in place of ``binding`` and send the binding's uses to it. A binding that
+    is the function's output (not a dataflow variable) stays an output."""
+    builder = mutator.builder_
+    emit = builder.emit if isinstance(binding.var, relax.DataflowVar) else builder.emit_output
+    new_var = emit(value, name_hint=binding.var.name)
+    mutator.set_var_remap(binding.var, new_var)
+    return new_var
+
+
+def leading_rows(x: relax.Expr) -> tvm.ir.PrimExpr:
+    """The product of ``x``'s dimensions but the last: its rows as a 2-D matrix."""
+    leading = list(x.ty.shape.values[:-1])
+    rows = leading[0]
+    for dim in leading[1:]:
+        rows = rows * dim
+    return rows

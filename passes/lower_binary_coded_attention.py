@@ -22,7 +22,7 @@ from tvm import relax
 from saddc.passes.attention_report import BINARY_CODED, AttentionReport, AttentionSite
 from saddc.passes.find_binary_codes import CODE_MATMUL, MASKED_SUM, BinaryCodes, find_binary_codes, group_blocks
 from saddc.passes.find_vit_blocks import dims
-from saddc.passes.kernel_call import emit_kernel, rewrite_functions
+from saddc.passes.kernel_call import emit_kernel, rebind, rewrite_functions
 from saddc.schedules import binary_hash, code_matmul, masked_sum
 
 
@@ -137,5 +137,4 @@ class _CodeLowering(relax.PyExprMutator):
                 operands = [None if g is None else self._rows(g) for g in (use.on_set, use.on_clear)]
                 flat = emit_kernel(self.builder_, code_matmul.code_matmul_te, packed, *operands, bits=codes.bits,
                                    kernel="code_matmul")
-            lowered = self.builder_.emit(relax.op.reshape(flat, binding.var.ty.shape), name_hint=binding.var.name)
-            self.set_var_remap(binding.var, lowered)
+            rebind(self, binding, relax.op.reshape(flat, binding.var.ty.shape))

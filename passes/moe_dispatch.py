@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from saddc.passes.kernel_call import call_scheduled_kernel, emit_kernel, rewrite_functions
+from saddc.passes.kernel_call import call_scheduled_kernel, emit_kernel, leading_rows, rebind, rewrite_functions
 from saddc.schedules import permute_rows, segmented_gemm, shift_codes, token_partition
 from saddc.schedules.segmented_gemm import DENSE, SHIFT
 
@@ -116,17 +116,19 @@ class MoEReport:
         return lines
 
 
-def emit_dispatch(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan, is_cuda: bool) -> relax.Expr:
-    """The dispatch of ``plan`` on ``x`` (..., K), returning (..., N) (see the module doc)."""
-    leading = list(x.ty.shape.values[:-1])
-    rows = leading[0]
-    for dim in leading[1:]:
-        rows = rows * dim
-    x2d = builder.emit(relax.op.reshape(x, (rows, plan.in_features)))
-    logits = relax.op.matmul(x2d, relax.const(plan.router_weight.astype(np.float32)))
+def _emit_router_choice(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan, keepdims: bool) -> relax.Var:
+    """``argmax(x @ router_W + router_b, axis=-1)``: each token's expert (int64)."""
+    logits = relax.op.matmul(x, relax.const(plan.router_weight.astype(np.float32)))
     if plan.router_bias is not None:
         logits = relax.op.add(logits, relax.const(plan.router_bias.astype(np.float32)))
-    choice = builder.emit(relax.op.argmax(builder.emit(logits), axis=-1))
+    return builder.emit(relax.op.argmax(builder.emit(logits), axis=-1, keepdims=keepdims))
+
+
+def emit_dispatch(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan, is_cuda: bool) -> relax.Expr:
+    """The dispatch of ``plan`` on ``x`` (..., K), returning (..., N) (see the module doc)."""
+    rows = leading_rows(x)
+    x2d = builder.emit(relax.op.reshape(x, (rows, plan.in_features)))
+    choice = _emit_router_choice(builder, x2d, plan, keepdims=False)
     experts = len(plan.experts)
     index_type = relax.TensorType((rows,), "int32")
     partition = call_scheduled_kernel(
@@ -150,15 +152,12 @@ def emit_dispatch(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan
             inplace_index=None if ys is None else len(args),
         )
     y2d = emit_kernel(builder, permute_rows.permute_rows_te, ys, slot, kernel="permute_rows")
-    return relax.op.reshape(y2d, leading + [plan.out_features])
+    return relax.op.reshape(y2d, list(x.ty.shape.values[:-1]) + [plan.out_features])
 
 
 def emit_select(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan) -> relax.Expr:
     """``where(argmax(router(x)) == 0, expert_0(x), expert_1(x))``: both experts on every token."""
-    logits = relax.op.matmul(x, relax.const(plan.router_weight.astype(np.float32)))
-    if plan.router_bias is not None:
-        logits = relax.op.add(logits, relax.const(plan.router_bias.astype(np.float32)))
-    choice = builder.emit(relax.op.argmax(builder.emit(logits), axis=-1, keepdims=True))
+    choice = _emit_router_choice(builder, x, plan, keepdims=True)
     outputs = []
     for expert in plan.experts:
         weight = expert.weights.decode() if expert.kind == SHIFT else expert.weights
@@ -186,9 +185,7 @@ class DispatchRewriter(relax.PyExprMutator):
         x = self.visit_expr(plan.activation)
         value = (emit_dispatch(self.builder_, x, plan, self.is_cuda) if self.dispatch == "sparse"
                  else emit_select(self.builder_, x, plan))
-        # The layer may be the function's output (bound outside the dataflow block's scope).
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(value, name_hint=binding.var.name))
+        rebind(self, binding, value)
 
 
 def routing_reference(x: np.ndarray, plan: DispatchPlan) -> np.ndarray:

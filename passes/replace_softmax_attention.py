@@ -33,7 +33,7 @@ from saddc.config import AttentionOptions
 from saddc.errors import ConfigError
 from saddc.passes.attention_report import SOFTMAX, AttentionReport, AttentionSite
 from saddc.passes.find_vit_blocks import AttentionBlock, dims, find_attention_blocks
-from saddc.passes.kernel_call import emit_kernel, rewrite_functions
+from saddc.passes.kernel_call import emit_kernel, rebind, rewrite_functions
 from saddc.passes.selection import position_matches
 from saddc.schedules import binary_codes, binary_hash, code_matmul, masked_sum, row_normalize
 
@@ -248,8 +248,7 @@ class _AttentionRewriter(relax.PyExprMutator):
             out3 = self._taylor(q3, k3, v3, block)
         else:
             out3 = self._additive(q3, None if shared else k3, v3, block)
-        result = self.builder_.emit(relax.op.reshape(out3, binding.var.ty.shape), name_hint=binding.var.name)
-        self.set_var_remap(binding.var, result)
+        rebind(self, binding, relax.op.reshape(out3, binding.var.ty.shape))
 
     def _groups(self, expr: relax.Expr) -> relax.Expr:
         """(..., R, C) -> (G, R, C)."""

@@ -30,7 +30,7 @@ from saddc.calibration import calibration_batches, cosine, probe
 from saddc.config import ShiftOptions
 from saddc.errors import ConfigError, RewriteError
 from saddc.passes.find_vit_blocks import LinearLayer, find_linear_layers
-from saddc.passes.kernel_call import emit_kernel, rewrite_functions
+from saddc.passes.kernel_call import emit_kernel, leading_rows, rebind, rewrite_functions
 from saddc.passes.selection import position_matches
 from saddc.schedules import shift_codes, shift_gemm
 from saddc.target import TargetSpec
@@ -240,18 +240,12 @@ class _ShiftRewriter(relax.PyExprMutator):
         if layer is None:
             super().visit_var_binding_(binding)
             return
-        value = self._shift_gemm(self.visit_expr(layer.activation), layer)
-        new_var = self.builder_.emit(value, name_hint=binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        rebind(self, binding, self._shift_gemm(self.visit_expr(layer.activation), layer))
 
     def _shift_gemm(self, x: relax.Expr, layer: LinearLayer) -> relax.Expr:
         weights = self.encoded[layer.index][0]
         variant = self.kernels[layer.index][0]
-        leading = list(x.ty.shape.values[:-1])
-        rows = leading[0]
-        for dim in leading[1:]:
-            rows = rows * dim
-        x2d = self.builder_.emit(relax.op.reshape(x, (rows, layer.in_features)))
+        x2d = self.builder_.emit(relax.op.reshape(x, (leading_rows(x), layer.in_features)))
         bias = None
         if layer.bias is not None:
             bias = relax.const(layer.bias.value.numpy().reshape(layer.out_features))
@@ -261,4 +255,4 @@ class _ShiftRewriter(relax.PyExprMutator):
             variant=variant, kernel="shift_gemm", name=f"shift_gemm_{layer.in_features}x{layer.out_features}",
             attrs={shift_gemm.VARIANT_ATTR: variant},
         )
-        return relax.op.reshape(y2d, leading + [layer.out_features])
+        return relax.op.reshape(y2d, list(x.ty.shape.values[:-1]) + [layer.out_features])

@@ -61,6 +61,23 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def linear_module(batch: int, tokens: int, weight, bias=None, dtype: str = "float32"):
+    """A Relax module of one linear layer, ``main(x) = x @ weight (+ bias)`` with x of shape
+    (batch, tokens, in_features): the unit the kernel benchmarks compile."""
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, tokens, weight.shape[0]), dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            product = relax.op.matmul(x, relax.const(weight.astype(dtype)))
+            if bias is not None:
+                product = relax.op.add(product, relax.const(bias.astype(dtype)))
+            out = bb.emit_output(product)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 def script_parser(description: str, name: str) -> argparse.ArgumentParser:
     """The options every benchmark script takes: the target, the split between compiling (here,
     with TVM's compiler) and timing (there, with the runtime only), and the result file."""

@@ -71,8 +71,6 @@ def test_exported_moe_lowers_exactly_and_matches_torch(models, tmp_path, exporte
     with torch.no_grad():
         expected = models["moe-deit"](torch.from_numpy(models["x"])).numpy()
     assert relative_error(run_module(out, models["x"]), expected) < TOLERANCE
-    routed = [m for m in models["moe-deit"].modules() if isinstance(m, MoELinear)]
-    assert routed, "the reference routes tokens"
 
 
 def test_recognizer_finds_router_experts_and_roles(models):
