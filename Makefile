@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.saddc-installed
 OUT    ?= out/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test gate clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The kernel-latency regression gate against benchmarks/results/latency_gate_llvm_baseline.json.
+gate: $(STAMP)
+	$(BIN)/python benchmarks/latency_gate.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -1,5 +1,6 @@
 """saddc's Relax passes: one pass (or analysis) per module, named by what it does."""
 
+from .apply_tuning_database import ApplyTuningDatabase, TuningReport
 from .attention_report import AttentionReport, AttentionSite
 from .build_moe_from_linear import BuildMoEFromLinear
 from .find_binary_codes import BinaryCodes, find_binary_codes
@@ -16,7 +17,7 @@ from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
 from .rewrite_patch_embedding_to_matmul import RewritePatchEmbeddingToMatmul
 
 __all__ = [
-    "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes", "BuildMoEFromLinear", "LinearLayer",
+    "ApplyTuningDatabase", "TuningReport", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes", "BuildMoEFromLinear", "LinearLayer",
     "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport", "ReplaceSoftmaxAttention",
     "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul", "ShiftReport", "SkippedSoftmax", "UnmatchedMoE",
     "find_attention_blocks", "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",

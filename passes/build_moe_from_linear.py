@@ -93,12 +93,15 @@ class BuildMoEFromLinear:  # pylint: disable=too-few-public-methods
             report.layers.append(MoELayerReport(
                 index=len(report.layers), name=layer.name, origin="built", role=layer.role,
                 in_features=layer.in_features, out_features=layer.out_features, experts=[DENSE, SHIFT],
-                exactness="lossy", shift_ratio=float(np.mean(logits.argmax(-1) == 1)),
+                exactness="lossy", dispatch=self.options.dispatch,
+                shift_ratio=float(np.mean(logits.argmax(-1) == 1)),
                 output_cosine=cosine(routing_reference(tokens, plan), reference),
             ))
         rewritten = dispatched(mod, plans, self.target.is_cuda, self.options.dispatch)
         if self.options.measure_error:
-            report.end_to_end = output_error(run(mod, batches), run(rewritten, batches))
+            # Measured on the CPU, so with the dispatch's CPU kernels whatever the target.
+            on_cpu = dispatched(mod, plans, False, self.options.dispatch) if self.target.is_cuda else rewritten
+            report.end_to_end = output_error(run(mod, batches), run(on_cpu, batches))
         return rewritten
 
     def _select(self, layers: list[LinearLayer]) -> list[LinearLayer]:

@@ -56,6 +56,6 @@ class LowerMoEDispatch:  # pylint: disable=too-few-public-methods
             report.layers.append(MoELayerReport(
                 index=len(report.layers), name=layer.name, origin="exported", role=layer.experts[0].role,
                 in_features=router.in_features, out_features=layer.experts[0].out_features,
-                experts=[expert.kind for expert in experts], exactness="lossless",
+                experts=[expert.kind for expert in experts], exactness="lossless", dispatch="sparse",
             ))
         return dispatched(mod, plans, self.target.is_cuda)

@@ -78,6 +78,7 @@ class MoELayerReport:
     out_features: int
     experts: list[str]  # the kernel kind per router choice
     exactness: str
+    dispatch: str  # "sparse", or "select" (both experts on every token: the --moe-dispatch baseline)
     shift_ratio: float | None = None  # tokens to the shift expert, on calibration inputs
     output_cosine: float | None = None  # the layer's output against the original's
 
@@ -98,8 +99,9 @@ class MoEReport:
     def summary_lines(self) -> list[str]:
         exported = sum(layer.origin == "exported" for layer in self.layers)
         built = len(self.layers) - exported
+        dispatches = " and ".join(sorted({layer.dispatch for layer in self.layers}))
         lines = [f"moe layers:        {len(self.layers)} ({exported} lowered from the model, lossless; "
-                 f"{built} built, lossy), sparse dispatch"]
+                 f"{built} built, lossy), {dispatches} dispatch"]
         if built:
             lines.append(f"moe calibration:   {self.calibration}")
         if self.end_to_end:

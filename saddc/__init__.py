@@ -3,6 +3,7 @@
     saddc.lower(mod, config=None)           run the saddc Relax pipeline on an IRModule
     saddc.compile(model, target, ...)       import, lower, build and export
     saddc.load(path)                        run a compiled module: numpy in, numpy out
+    saddc.tune(model, db, target, trials)   tune kernels with MetaSchedule into a database
 
 Attributes load on first use: ``saddc.load`` needs only TVM's runtime, so a deployment host
 without TVM's compiler library can import saddc and run modules.
@@ -19,6 +20,7 @@ _LAZY = {
     "ShiftOptions": ("saddc.config", "ShiftOptions"),
     "AttentionOptions": ("saddc.config", "AttentionOptions"),
     "MoEOptions": ("saddc.config", "MoEOptions"),
+    "tune": ("saddc.tuning", "tune"),
     "load": ("saddc.runtime", "load"),
     "CompiledModule": ("saddc.runtime", "CompiledModule"),
     "SaddcError": ("saddc.errors", "SaddcError"),

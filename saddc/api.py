@@ -121,6 +121,7 @@ def compile(  # pylint: disable=redefined-builtin
     attention: AttentionOptions | None = None,
     pipeline: str = "saddc",
     moe: MoEOptions | None = None,
+    tuning_db: str | os.PathLike | None = "auto",
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
 
@@ -128,7 +129,8 @@ def compile(  # pylint: disable=redefined-builtin
     ``attention`` replaces softmax attention and lowers binary-coded attention
     (``AttentionOptions``); ``moe`` turns the linear layers it selects into Mult/Shift MoE layers
     with a sparse dispatch (``MoEOptions``; MoE layers the model computes are lowered to the
-    dispatch in any case). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
+    dispatch in any case). ``tuning_db`` is a database from ``saddc tune`` ("auto": the one
+    shipped for the target, if any; None: none). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
     instead of saddc's (no rewrites): a baseline built, exported and loaded like saddc's modules.
 
     Every check on user input (target, arch, nvcc, output path, the model file) runs before the
@@ -140,7 +142,11 @@ def compile(  # pylint: disable=redefined-builtin
     if pipeline == "tvm-default" and (shift or attention or moe or dump_ir):
         raise SaddcError("pipeline='tvm-default' is TVM's own pipeline: it takes no rewrites and dumps no IR")
     config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift, attention=attention,
-                         moe=moe)
+                         moe=moe, tuning_db=tuning_db if pipeline == "saddc" else None)
+    if config.tuning_db is not None:
+        from saddc.tuning import open_database  # pylint: disable=import-outside-toplevel
+
+        open_database(config.tuning_db)  # a bad database fails here, before the expensive work
     output = artifacts.check_output_path(output) if output is not None else None
     if isinstance(model, tvm.IRModule):
         source = onnx_model = None
@@ -225,6 +231,7 @@ def _manifest(result: CompileResult, output: Path, source: Path | None) -> dict:
         "source": {"path": str(source), "sha256": _sha256(source)} if source else None,
         "target": result.target.kind,
         "arch": result.target.arch,
+        "cpu_features": result.target.simd_features(),
         "pipeline": result.pipeline,
         "inputs": [spec.to_json() for spec in result.inputs],
         "outputs": [spec.to_json() for spec in result.outputs],

@@ -28,15 +28,31 @@ def check_output_path(path: str | os.PathLike) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(f"output directory does not exist: {parent}")
-    # Probe by creating a file: permission bits alone mislead (root, read-only mounts).
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        raise OutputPathError(f"output path is not writable: {path} ({err.strerror})") from None
+    check_writable_directory(parent, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"output path is not writable: {path}")
     return path
+
+
+def check_writable_directory(directory: Path, shown: Path | None = None) -> None:
+    """Fail early if no file can be created in ``directory`` (named ``shown`` in the error)."""
+    # Probe by creating a file: permission bits alone mislead (root, read-only mounts).
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise OutputPathError(f"output path is not writable: {shown or directory} ({err.strerror})") from None
+
+
+def prepare_directory(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` if needed and check that files can be written in it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create output directory {directory}: {err.strerror or err}") from None
+    check_writable_directory(directory)
+    return directory
 
 
 @contextlib.contextmanager
@@ -50,6 +66,8 @@ def atomic_outputs(*paths: Path):
         for path in paths:
             fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
             os.close(fd)
+            # mkstemp makes the file private (0600); give it the mode a plain open() would.
+            os.chmod(temp, 0o666 & ~_umask())
             temps.append(Path(temp))
         yield temps
         for temp, path in zip(temps, paths):
@@ -59,6 +77,12 @@ def atomic_outputs(*paths: Path):
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -78,6 +78,34 @@ def linear_module(batch: int, tokens: int, weight, bias=None, dtype: str = "floa
     return bb.get()
 
 
+def expert_latency(in_features: int, out_features: int, tokens: int, target: str = "llvm", bits: int = 5,
+                   repeat: int = 5, build_dir: str | os.PathLike | None = None) -> tuple[float, float]:
+    """Seconds per call of the Mult and the Shift expert of an MoE layer of this shape, measured
+    from saddc's compiled kernels on this machine: the sparse dispatch of a layer with every one
+    of ``tokens`` rows routed to Mult (shift ratio 0), and then to Shift (ratio 1). Both carry the
+    same partition and scatter, so their ratio is the experts' cost ratio that
+    ``saddc.nn.balance_loss`` weighs (it only uses the ratio). ``target`` ``cuda`` needs a GPU."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    import saddc  # pylint: disable=import-outside-toplevel
+    from saddc.config import MoEOptions  # pylint: disable=import-outside-toplevel
+    from saddc.runtime import load  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((in_features, out_features)) / np.sqrt(in_features)).astype("float32")
+    x = rng.standard_normal((1, tokens, in_features)).astype("float32")
+    latencies = []
+    with tempfile.TemporaryDirectory(dir=build_dir) as tmp:
+        for ratio in (0.0, 1.0):
+            moe = MoEOptions("all", shift_ratio=ratio, bits=bits, calibration=x, measure_error=False)
+            result = saddc.compile(linear_module(1, tokens, weight), target=target,
+                                   output=Path(tmp) / f"expert-{ratio}.so", moe=moe)
+            latencies.append(statistics.median(load(result.output).time(x, repeat=repeat)))
+    return latencies[0], latencies[1]
+
+
 def script_parser(description: str, name: str) -> argparse.ArgumentParser:
     """The options every benchmark script takes: the target, the split between compiling (here,
     with TVM's compiler) and timing (there, with the runtime only), and the result file."""

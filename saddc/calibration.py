@@ -117,9 +117,11 @@ def run(mod: tvm.IRModule, batches: list[list[np.ndarray]]) -> list[list[np.ndar
     # pylint: disable=import-outside-toplevel
     from saddc.api import build, lower
     from saddc.config import LowerConfig
+    from saddc.runtime import use_every_core
 
     config = LowerConfig(target="llvm")
     executable, _ = build(lower(mod, config), config)
+    use_every_core()
     vm = relax.VirtualMachine(executable, tvm.cpu())
     results = []
     for batch in batches:

@@ -1,14 +1,15 @@
-"""The ``saddc`` command line: compile, inspect, run."""
+"""The ``saddc`` command line: compile, inspect, bench, tune, run."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
-from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, MOE_DISPATCHES, SHIFT_KERNELS
+from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, BENCH_VARIANTS, MOE_DISPATCHES, SHIFT_KERNELS
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -19,6 +20,8 @@ Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
   saddc compile model.onnx --attention additive --attention-skip last-stage
   saddc compile model.onnx --moe mlp --moe-shift-ratio 0.6 --calibration images.npy
   saddc inspect model.onnx
+  saddc bench model.onnx --batch 1,32 --out results/
+  saddc tune model.onnx --target llvm --trials 64 --db tuning/
   saddc run model.so --input x.npy
 """
 
@@ -39,12 +42,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("model", help="ONNX model file (external-data side files are read too)")
     compile_.add_argument("--target", default="llvm", help="llvm (x86-64 CPU) or cuda (default: llvm)")
-    compile_.add_argument("--arch", help="CUDA SM architecture, e.g. sm_90 (default for cuda: sm_90)")
+    compile_.add_argument("--arch", help="cuda: the SM architecture (default sm_90); llvm: the LLVM CPU to generate "
+                                         "code for (default host, this machine's; x86-64 runs on any x86-64)")
     compile_.add_argument("-o", "--output", help="output module path (default: MODEL with .so)")
     compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pipeline phase to DIR")
     compile_.add_argument("-q", "--quiet", action="store_true",
                           help="no progress bar (it shows only when stderr is a terminal)")
-    shift = compile_.add_argument_group(
+    _add_rewrite_arguments(compile_)
+    compile_.add_argument("--db", metavar="DIR|none",
+                          help="a tuning database from saddc tune to schedule the kernels it has records for "
+                          "(default: the one saddc ships for the target, if any; none: no database)")
+
+    inspect_ = commands.add_parser(
+        "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
+    )
+    inspect_.add_argument("model", help="ONNX model file")
+
+    bench = commands.add_parser(
+        "bench", help="time a model every way (ONNX Runtime, TVM default, torch, saddc variants) side by side",
+        description="Compile TVM's default pipeline and saddc's variants of a model, then time them with "
+        "ONNX Runtime (and torch, given --torch) in one process: a table, a JSON record and a PNG plot. "
+        "For cuda: --build-only DIR here, --run DIR on the GPU machine.",
+    )
+    bench.add_argument("model", nargs="?", help="ONNX model file (not needed with --run)")
+    bench.add_argument("--target", default="llvm", help="llvm or cuda (default: llvm)")
+    bench.add_argument("--arch", help="as for compile")
+    bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
+    bench.add_argument("--variants", default=",".join(BENCH_VARIANTS),
+                       help=f"saddc variants to time (default all: {','.join(BENCH_VARIANTS)})")
+    bench.add_argument("--repeat", type=int, default=5, help="timing rounds (default 5)")
+    bench.add_argument("--torch", metavar="FILE.py:FACTORY", help="a torch model to time too (eager; "
+                       "torch.compile on a GPU)")
+    bench.add_argument("--calibration", metavar="FILE.npy", help="inputs for the lossy variants' routers and errors")
+    bench.add_argument("--out", default=".", metavar="DIR", help="where the JSON and PNG go (default: .)")
+    split = bench.add_mutually_exclusive_group()
+    split.add_argument("--build-only", metavar="DIR", help="compile into DIR and stop")
+    split.add_argument("--run", metavar="DIR", help="time the modules compiled into DIR")
+
+    tune = commands.add_parser(
+        "tune", help="tune the model's kernels with MetaSchedule into a database compile applies",
+        description="Lower a model (with the rewrites given) to its kernels, tune those without a schedule "
+        "of saddc's own with MetaSchedule on this machine, time their default schedules the same way, and "
+        "merge into DIR the tuned records that beat them. compile --db DIR applies them.",
+    )
+    tune.add_argument("model", help="ONNX model file")
+    tune.add_argument("--db", required=True, metavar="DIR", help="the database directory (created or merged into)")
+    tune.add_argument("--target", default="llvm", help="llvm or cuda (default: llvm; cuda needs a GPU here)")
+    tune.add_argument("--arch", help="as for compile")
+    tune.add_argument("--trials", type=int, default=64, help="measured candidates per kernel (default 64)")
+    tune.add_argument("--kernels", metavar="TEXT", help="tune only the kernels whose name holds TEXT (e.g. matmul)")
+    tune.add_argument("--keep-slower", action="store_true",
+                      help="keep tuned records that lost to the default schedule too")
+    tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_rewrite_arguments(tune)
+
+    run_ = commands.add_parser("run", help="run a compiled module on .npy inputs")
+    run_.add_argument("module", help="compiled module (.so, with its .json manifest beside it)")
+    run_.add_argument(
+        "--input", action="append", default=[], metavar="[NAME=]FILE.npy",
+        help="an input array; repeat in input order, or name each input",
+    )
+    run_.add_argument("--save", metavar="DIR", help="write each output to DIR/<name>.npy")
+    return parser
+
+
+def _add_rewrite_arguments(parser: argparse.ArgumentParser) -> None:
+    """The rewrite options, shared by compile and tune (tuning sees the kernels they emit)."""
+    shift = parser.add_argument_group(
         "shift primitives", "turn linear layers into power-of-two shift GEMMs (see saddc inspect for roles)"
     )
     shift.add_argument("--shift", metavar="GROUPS",
@@ -58,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow rounding weights that are not powers of two (reports the error)")
     shift.add_argument("--shift-kernel", choices=SHIFT_KERNELS, default="auto",
                        help="auto (by measured latency), add-only, or decode-mma (CUDA tensor cores)")
-    attention = compile_.add_argument_group(
+    attention = parser.add_argument_group(
         "attention", "replace softmax attention with linear attention (lossy, with an error report); "
         "attention the model computes with binary codes is lowered to the add kernels exactly",
     )
@@ -75,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_argument("--attention-seed", type=int, default=0, help="SimHash seed (default 0)")
     attention.add_argument("--attention-skip", metavar="LIST", default="",
                            help="softmax blocks to keep: first, last, last-stage, block indices")
-    moe = compile_.add_argument_group(
+    moe = parser.add_argument_group(
         "mixture of experts", "turn linear layers into a Mult/Shift MoE with a router fitted on calibration "
         "tokens, run as a sparse dispatch (lossy, with an error report); MoE layers the model computes "
         "(saddc.nn.MoELinear) are always lowered to the dispatch exactly",
@@ -87,31 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     moe.add_argument("--moe-dispatch", choices=MOE_DISPATCHES, default="sparse",
                      help="sparse (partition, segmented GEMMs, scatter; default) or select (both experts "
                      "on every token, then a select: the baseline)")
-    compile_.add_argument("--calibration", metavar="FILE.npy",
+    parser.add_argument("--calibration", metavar="FILE.npy",
                           help="model inputs for lossy rewrites' error reports and the MoE routers (--shift-lossy, "
                           "--attention, --moe); default: synthetic N(0,1), with a warning")
 
-    inspect_ = commands.add_parser(
-        "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
-    )
-    inspect_.add_argument("model", help="ONNX model file")
 
-    run_ = commands.add_parser("run", help="run a compiled module on .npy inputs")
-    run_.add_argument("module", help="compiled module (.so, with its .json manifest beside it)")
-    run_.add_argument(
-        "--input", action="append", default=[], metavar="[NAME=]FILE.npy",
-        help="an input array; repeat in input order, or name each input",
-    )
-    run_.add_argument("--save", metavar="DIR", help="write each output to DIR/<name>.npy")
-    return parser
+def _rewrite_options(args):
+    """(ShiftOptions, AttentionOptions, MoEOptions), each None when not asked for."""
+    from saddc.config import AttentionOptions, MoEOptions, ShiftOptions  # pylint: disable=import-outside-toplevel
 
-
-def cmd_compile(args) -> int:
-    # pylint: disable=import-outside-toplevel
-    from saddc.api import compile as compile_model
-    from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
-
-    output = args.output or str(Path(args.model).with_suffix(".so"))
     shift_flags = args.shift_skip or args.shift_lossy or args.shift_bits != 5 or args.shift_kernel != "auto"
     if args.shift is None and shift_flags:
         raise SaddcError("--shift-skip, --shift-bits, --shift-lossy and --shift-kernel need --shift GROUPS")
@@ -137,9 +185,18 @@ def cmd_compile(args) -> int:
         layers=args.moe, shift_ratio=args.moe_shift_ratio, bits=args.moe_bits, calibration=args.calibration,
         dispatch=args.moe_dispatch,
     )
+    return shift, attention, moe
+
+
+def cmd_compile(args) -> int:
+    from saddc.api import compile as compile_model  # pylint: disable=import-outside-toplevel
+
+    output = args.output or str(Path(args.model).with_suffix(".so"))
+    shift, attention, moe = _rewrite_options(args)
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output, dump_ir=args.dump_ir,
         progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention, moe=moe,
+        tuning_db=None if args.db == "none" else args.db or "auto",
     )
     print("\n".join(result.summary_lines()))
     return 0
@@ -233,6 +290,62 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    # pylint: disable=import-outside-toplevel
+    from saddc import bench
+    from saddc.artifacts import prepare_directory
+
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(BENCH_VARIANTS))
+    if unknown:
+        raise SaddcError(f"unknown variant(s) {', '.join(unknown)} (choose from: {', '.join(BENCH_VARIANTS)})")
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise SaddcError(f"--batch wants comma-separated integers, got '{args.batch}'") from None
+    if args.run is None and args.model is None:
+        raise SaddcError("saddc bench needs a model (or --run DIR)")
+    prepare_directory(args.out)
+    if args.run is not None:
+        if not (Path(args.run) / "plan.json").exists():
+            raise SaddcError(f"{args.run} holds no saddc bench build (plan.json): build with --build-only")
+        return _bench_report(bench.run(Path(args.run), batches, args.repeat, args.torch), args.out)
+    from saddc.frontends import load_onnx  # pylint: disable=import-outside-toplevel
+
+    load_onnx(args.model)  # a missing or broken model fails here, before any compiling
+    calibration = None if args.calibration is None else _read_npy(args.calibration)
+    if args.build_only:
+        bench.build(Path(args.model), args.target, args.arch, variants, Path(args.build_only), calibration)
+        print(f"built into {args.build_only}; time with: saddc bench --run {args.build_only}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="saddc-bench-") as build_dir:
+        bench.build(Path(args.model), args.target, args.arch, variants, Path(build_dir), calibration)
+        return _bench_report(bench.run(Path(build_dir), batches, args.repeat, args.torch), args.out)
+
+
+def _bench_report(result: dict, out_dir: str) -> int:
+    from saddc import bench  # pylint: disable=import-outside-toplevel
+
+    print("\n".join(bench.table(result)))
+    json_path, png_path = bench.write(result, Path(out_dir))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from saddc import tuning  # pylint: disable=import-outside-toplevel
+
+    if args.trials < 1:
+        raise SaddcError(f"--trials must be at least 1, got {args.trials}")
+    shift, attention, moe = _rewrite_options(args)
+    rows = tuning.tune(args.model, args.db, target=args.target, arch=args.arch, trials=args.trials,
+                       kernels=args.kernels, keep_slower=args.keep_slower,
+                       progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention, moe=moe)
+    print("\n".join(tuning.table(rows)))
+    print(f"{sum(row.kept for row in rows)} of {len(rows)} records kept in {args.db}")
+    return 0
+
+
 def _read_npy(path: str):
     import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -244,7 +357,7 @@ def _read_npy(path: str):
         raise SaddcError(f"cannot read {path} as a .npy array: {err}") from None
 
 
-COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "run": cmd_run}
+COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "bench": cmd_bench, "tune": cmd_tune, "run": cmd_run}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

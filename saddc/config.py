@@ -19,6 +19,7 @@ LAYER_GROUPS = {
     **{role: (role,) for role in ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "other")},
 }
 SHIFT_KERNELS = ("auto", "add-only", "decode-mma")
+AUTO_TUNING_DB = "auto"
 
 
 def _split_list(value: str | list[str]) -> list[str]:
@@ -130,6 +131,8 @@ class AttentionOptions:
 
 
 MOE_DISPATCHES = ("sparse", "select")
+# saddc bench's variants of a model (saddc.bench.VARIANT_FLAGS says what each compiles with).
+BENCH_VARIANTS = ("plain", "shift", "additive", "taylor", "moe", "shiftaddvit")
 
 
 @dataclass
@@ -183,6 +186,9 @@ class LowerConfig:
                  binary-coded attention (``AttentionOptions``), or None.
     moe:         turn linear layers into Mult/Shift MoE layers (``MoEOptions``), or None.
                  MoE layers the model already computes are lowered either way.
+    tuning_db:   a MetaSchedule database directory (``saddc tune``) whose records schedule
+                 the kernels they match; "auto" (the default): the one saddc ships for the
+                 target, if any; None: hand schedules and DLight only.
     layer_names: weight identity -> layer name (filled from the ONNX model by ``compile``).
     reports:     per-rewrite reports, by rewrite name (filled in by the rewrite passes).
     """
@@ -192,12 +198,17 @@ class LowerConfig:
     shift: ShiftOptions | None = None
     attention: AttentionOptions | None = None
     moe: MoEOptions | None = None
+    tuning_db: str | Path | None = AUTO_TUNING_DB
     layer_names: dict[str, str] = field(default_factory=dict)
     reports: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.target, str):
             self.target = parse_target(self.target)
+        if self.tuning_db == AUTO_TUNING_DB:
+            from saddc.tuning import shipped_database  # pylint: disable=import-outside-toplevel
+
+            self.tuning_db = shipped_database(self.target)
         if self.shift is not None and self.moe is not None:
             both = self.shift.roles & self.moe.roles
             if both:
@@ -205,5 +216,7 @@ class LowerConfig:
 
     @property
     def rewrites(self) -> list[str]:
-        """Names of the reparameterizing rewrites that ran."""
-        return list(self.reports)
+        """Names of the reparameterizing rewrites that ran (the tuning database is no rewrite)."""
+        from saddc.passes.apply_tuning_database import TUNING_REPORT  # pylint: disable=import-outside-toplevel
+
+        return [name for name in self.reports if name != TUNING_REPORT]

@@ -38,10 +38,13 @@ class CompiledModule:
                 raise ArtifactError(f"{library} was compiled for cuda, but no CUDA GPU is visible")
         else:
             self.device = tvm.cpu(0)
+        _check_cpu_features(library, self.manifest)
+        use_every_core()
         try:
             executable = tvm.runtime.load_module(str(library))
         except Exception as err:  # TVM raises plain RuntimeError/TVMError for bad libraries
             raise ArtifactError(f"cannot load module {library}: {str(err).splitlines()[-1]}") from None
+        self._library = executable
         self._vm = tvm.runtime.vm.VirtualMachine(executable, self.device)
         self._main = self._vm["main"]
 
@@ -69,6 +72,34 @@ class CompiledModule:
         timer = self._vm.time_evaluator("main", self.device, number=1, repeat=repeat,
                                         min_repeat_ms=min_repeat_ms)
         return list(timer(*self._tensors(arrays)).results)
+
+    def time_kernels(self, *arrays: np.ndarray, repeat: int = 5, min_repeat_ms: int = 20) -> dict[str, dict]:
+        """Each kernel (compiled TIR function) of ``main``, timed alone: ``{name: {"calls": how
+        many times one call of main runs it, "seconds": seconds per kernel call, one figure per
+        repeat}}``. Each kernel is timed on a copy of the arguments of its first call, with TVM's
+        time evaluator (warm-up excluded, calls averaged over ``min_repeat_ms``)."""
+        tensors = self._tensors(arrays)
+        calls: dict[str, list] = {}
+
+        def capture(_func, symbol, before_run, _ret, *args):
+            symbol = str(symbol)
+            if before_run and not symbol.startswith("vm.builtin."):
+                if symbol not in calls:
+                    calls[symbol] = [0, [_copy(arg, self.device) for arg in args]]
+                calls[symbol][0] += 1
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call
+
+        self._vm.set_instrument(capture)
+        try:
+            self._main(*tensors)
+        finally:
+            self._vm.set_instrument(None)
+        timings = {}
+        for symbol, (count, args) in calls.items():
+            owner = next(m for m in (self._library, *self._library.imports) if m.implements_function(symbol, False))
+            timer = owner.time_evaluator(symbol, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+            timings[symbol] = {"calls": count, "seconds": list(timer(*args).results)}
+        return timings
 
     def _run_checked(self, arrays) -> list[np.ndarray]:
         result = self._main(*self._tensors(arrays))
@@ -98,6 +129,48 @@ class CompiledModule:
             f"CompiledModule({self.path}, target={self.target}, "
             f"inputs=[{self._names()}], outputs=[{', '.join(s.describe() for s in self.outputs)}])"
         )
+
+
+def _copy(value, device):
+    """A kernel argument that outlives the call: tensors copied (the VM reuses their memory)."""
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    return tvm.runtime.tensor(value.numpy(), device) if isinstance(value, tvm.runtime.Tensor) else value
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads counted once)."""
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in available:
+        try:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            cores.add(cpu)
+    return max(len(cores), 1)
+
+
+def use_every_core() -> None:
+    """TVM's CPU thread pool starts with half the logical CPUs on x86 (to skip hyper-threads),
+    which on a 2-vCPU machine is one thread: run saddc's parallel loops on every physical core,
+    as ONNX Runtime does, unless ``TVM_NUM_THREADS`` says otherwise."""
+    # The pool reads the variable when it starts, at the first parallel loop of the process.
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+
+
+def _check_cpu_features(library: Path, manifest: dict) -> None:
+    """A module's CPU code uses its target CPU's vector instructions; on a CPU without them it
+    would die of an illegal instruction, so refuse it with the fix instead (Linux; elsewhere the
+    check is skipped)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return
+    missing = sorted(set(manifest.get("cpu_features", [])) - set(flags.split(":", 1)[1].split()))
+    if missing:
+        raise ArtifactError(f"{library} was compiled for the CPU '{manifest.get('arch')}', and this CPU lacks "
+                            f"{', '.join(missing)}: recompile with --arch host (or --arch x86-64 for any x86-64)")
 
 
 def load(path: str | os.PathLike) -> CompiledModule:

@@ -9,12 +9,21 @@ from saddc.errors import TargetError
 
 TARGET_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"
+# --target llvm's default --arch: the CPU of the machine that compiles (what `-mcpu=native`
+# means to clang). A module built so runs only on CPUs with the same instruction set.
+HOST_CPU = "host"
+# LLVM feature -> /proc/cpuinfo flag, for the vector extensions whose absence makes a module crash.
+SIMD_FEATURES = {"sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
+                 "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+                 "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16"}
 _ARCH_PATTERN = re.compile(r"^sm_(\d{2,3})([af]?)$")
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A validated target: ``llvm`` (x86-64 CPU) or ``cuda`` with an SM architecture."""
+    """A validated target: ``llvm`` with the LLVM CPU its code is generated for (its vector
+    width and instruction set: ``znver4``, ``skylake-avx512``, ``x86-64`` for any x86-64), or
+    ``cuda`` with an SM architecture."""
 
     kind: str
     arch: str | None = None
@@ -29,7 +38,17 @@ class TargetSpec:
 
         if self.is_cuda:
             return tvm.target.Target({"kind": "cuda", "arch": self.arch})
-        return tvm.target.Target({"kind": "llvm"})
+        return tvm_llvm_target(self.arch)
+
+    def simd_features(self) -> list[str]:
+        """The vector instruction sets the generated CPU code may use, as Linux's
+        ``/proc/cpuinfo`` names them (what a module built for this target needs to run)."""
+        from tvm.target import codegen  # pylint: disable=import-outside-toplevel
+
+        if self.is_cuda:
+            return []  # the host code of a CUDA module is generic x86-64
+        enabled = codegen.llvm_get_cpu_features(tvm_llvm_target(self.arch))
+        return sorted(flag for feature, flag in SIMD_FEATURES.items() if feature in enabled)
 
     def describe(self) -> str:
         return f"{self.kind} ({self.arch})" if self.arch else self.kind
@@ -40,9 +59,7 @@ def parse_target(kind: str, arch: str | None = None) -> TargetSpec:
     if kind not in TARGET_KINDS:
         raise TargetError(f"unknown target '{kind}' (choose from: {', '.join(TARGET_KINDS)})")
     if kind == "llvm":
-        if arch is not None:
-            raise TargetError("--arch applies to --target cuda only")
-        return TargetSpec("llvm")
+        return TargetSpec("llvm", _llvm_cpu(arch or HOST_CPU))
     arch = arch or DEFAULT_CUDA_ARCH
     if not _ARCH_PATTERN.match(arch):
         raise TargetError(f"unknown CUDA arch '{arch}' (expected the form sm_90, sm_90a)")
@@ -58,3 +75,20 @@ def parse_target(kind: str, arch: str | None = None) -> TargetSpec:
 def arch_number(arch: str) -> int:
     """90 for sm_90 and sm_90a."""
     return int(_ARCH_PATTERN.match(arch).group(1))
+
+
+def _llvm_cpu(arch: str) -> str:
+    """The LLVM CPU name for ``arch`` (``host``: this machine's), checked against LLVM."""
+    from tvm.target import codegen  # pylint: disable=import-outside-toplevel
+
+    cpu = codegen.llvm_get_system_cpu() if arch == HOST_CPU else arch
+    if not codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
+        raise TargetError(f"unknown CPU '{arch}' for --target llvm (an LLVM CPU name: x86-64, x86-64-v3, "
+                          "skylake-avx512, znver4, ...; or host)")
+    return cpu
+
+
+def tvm_llvm_target(cpu: str):
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu})

@@ -1,5 +1,7 @@
 """The Python API: lower / build / compile / load, and the registered Relax pipeline."""
 
+import os
+
 import numpy as np
 import pytest
 import tvm
@@ -67,6 +69,10 @@ def test_compile_load_roundtrip_from_an_irmodule(tmp_path):
     assert len(times) == 3 and all(0 < t < 1 for t in times)
     with pytest.raises(InputError):
         module.time(x[:2])
+    # Written through temporary files and renamed, but with the mode a plain open() gives.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "mlp.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_load_rejects_mismatched_inputs(tmp_path):

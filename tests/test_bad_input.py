@@ -109,7 +109,7 @@ def test_custom_domain_op_is_named(tmp_path):
     (["--target", "rocm"], "unknown target 'rocm'"),
     (["--target", "cuda", "--arch", "sm_42"], "sm_42"),
     (["--target", "cuda", "--arch", "ampere"], "unknown CUDA arch"),
-    (["--target", "llvm", "--arch", "sm_90"], "--arch applies to --target cuda only"),
+    (["--target", "llvm", "--arch", "sm_90"], "unknown CPU 'sm_90' for --target llvm"),
 ])
 def test_unknown_target_or_arch(tmp_path, good_model, args, fragment):
     result = run_saddc("compile", good_model, "-o", tmp_path / "m.so", *args)

@@ -18,7 +18,7 @@ from saddc.config import MoEOptions, ShiftOptions
 from saddc.errors import ConfigError
 from saddc.frontends import import_onnx, load_onnx
 from saddc.frontends.torch_export import export_onnx
-from saddc.nn import MoELinear, round_weights_to_shift
+from saddc.nn import MoELinear, replace_linear_with_moe, round_weights_to_shift
 from saddc.passes import find_linear_layers, find_moe_layers
 from saddc.pipeline import cleanup_passes
 from test_api import small_mlp
@@ -27,12 +27,10 @@ TOLERANCE = 1e-5
 
 
 def with_moe_mlps(model, seed=0):
-    """``model`` with every MLP linear an MoELinear from its weights, routers trained a little
-    so both experts get tokens."""
+    """``model`` with every MLP linear an MoELinear from its weights, routers drawn at random
+    (std 0.5) so both experts get tokens."""
     torch.manual_seed(seed)
-    for block in model.blocks:
-        block.mlp[0] = MoELinear.from_linear(block.mlp[0])
-        block.mlp[2] = MoELinear.from_linear(block.mlp[2])
+    model = replace_linear_with_moe(model)
     for module in model.modules():
         if isinstance(module, MoELinear):
             torch.nn.init.normal_(module.router.weight, std=0.5)
@@ -107,6 +105,7 @@ def test_built_moe_equals_compute_both_and_select(models, tmp_path, calibration)
             assert abs(layer.shift_ratio - 0.5) < 0.05, "the router is fitted to the requested ratio"
             assert 0.9 < layer.output_cosine < 1.0
         assert 0.9 < report.end_to_end["cosine"] < 1.0
+        assert f"built, lossy), {dispatch} dispatch" in "\n".join(result.summary_lines())
     assert relative_error(outputs["sparse"], outputs["select"]) < TOLERANCE
 
 
@@ -130,9 +129,11 @@ def test_cli_moe_reports_ratio_and_error(models, tmp_path, calibration):
 
 
 def test_cuda_builds(models, tmp_path, calibration):
-    for name, moe in (("moe-deit-legacy", None), ("pvt", MoEOptions(calibration=calibration, measure_error=False))):
+    for name, moe in (("moe-deit-legacy", None), ("pvt", MoEOptions(calibration=calibration, measure_error=False)),
+                      ("deit", MoEOptions(calibration=calibration))):
         result = saddc.compile(models[name], target="cuda", output=tmp_path / f"{name}.so", moe=moe)
         assert (tmp_path / f"{name}.so").exists() and result.reports["moe"].layers
+    assert 0.9 < result.reports["moe"].end_to_end["cosine"] < 1.0, "measured on the CPU with the CPU kernels"
 
 
 def test_bad_moe_requests_are_clear_errors(models, tmp_path):

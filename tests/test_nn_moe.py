@@ -66,6 +66,15 @@ def test_latency_weights_move_tokens_to_the_faster_expert():
     assert abs(shift_faster - 0.75) < 0.1, "latency * tokens equal: 3:1 latencies give 1:3 tokens"
 
 
+
+def test_latencies_measured_from_compiled_kernels_set_the_split(tmp_path):
+    from saddc.benchmarking import expert_latency  # the compiler: imported only here
+
+    mult, shift = expert_latency(16, 8, tokens=512, repeat=3, build_dir=tmp_path)
+    assert mult > 0 and shift > 0
+    fraction = shift_fraction_after_balancing((mult, shift))
+    assert abs(fraction - mult / (mult + shift)) < 0.1, (mult, shift, fraction)
+
 def test_balance_loss_formula():
     probabilities = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     loss = balance_loss(Routing(probabilities, probabilities.argmax(-1)), (2.0, 1.0))

@@ -23,12 +23,17 @@ batch, with ``p[t, e]`` the router probabilities and ``c[t]`` the chosen experts
     w[e]          = latency[e] / mean(latency)
     loss          = CV^2(w * importance) + CV^2(w * load),   CV^2(v) = var(v) / mean(v)^2
 
+``latency`` is (Mult, Shift) in any unit: given, or measured from saddc's compiled kernels
+with ``saddc.benchmarking.expert_latency`` (which needs the compiler).
+
 The loss is smallest when ``latency[e] * tokens[e]`` is the same for every expert: the faster
 expert receives more tokens (with latencies 2:1, two thirds go to the faster one).
 """
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +91,20 @@ class MoELinear(torch.nn.Module):
             raise RuntimeError("no routing recorded yet: run a forward pass in training mode")
         return float((self.routing.choices == SHIFT).float().mean())
 
+
+
+def replace_linear_with_moe(model: torch.nn.Module, include: str = "*mlp.*", exclude: str | None = None,
+                            bits: int = 5) -> torch.nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers with names matching the glob ``include``
+    and not ``exclude`` are ``MoELinear`` layers made from them (both experts start from the
+    layer's weights; the routers start at random and are trained with the model)."""
+    model = copy.deepcopy(model)
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and fnmatch.fnmatchcase(name, include)
+             and not (exclude and fnmatch.fnmatchcase(name, exclude))]
+    for name in names:
+        model.set_submodule(name, MoELinear.from_linear(model.get_submodule(name), bits))
+    return model
 
 def _cv_squared(values: torch.Tensor) -> torch.Tensor:
     return values.var(unbiased=False) / (values.mean() ** 2 + 1e-10)

@@ -1,0 +1,290 @@
+"""``saddc bench``: one model run every way, side by side in one process.
+
+Runners: ONNX Runtime on the original model (CPU), TVM's default Relax pipeline, PyTorch eager
+when a torch model is given (and ``torch.compile`` on a GPU), saddc with no rewrite, with each
+rewrite, and with ShiftAddViT's combination. Every repeat round times each runner once (calls
+averaged over ``min_repeat_ms``, warm-up excluded), so load on a noisy machine falls on all of
+them alike; figures are the median and the spread (max - min over median) of the rounds.
+
+For ``cuda`` the work splits like the benchmark scripts': ``--build-only DIR`` compiles here
+(nvcc, no GPU needed) and ``--run DIR`` times on the GPU machine with TVM's runtime alone.
+
+Outputs: a table, a JSON record (machine, method, every figure), and a PNG: latency by runner
+per batch, and the slowest kernels of saddc's plain module and of its combination.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from saddc import benchmarking
+from saddc.errors import ConfigError, InputError
+
+# The compile flags each variant (config.BENCH_VARIANTS) stands for; ``_variant_options`` builds them.
+VARIANT_FLAGS = {
+    "plain": "",
+    "shift": "--shift all --shift-lossy",
+    "additive": "--attention additive",
+    "taylor": "--attention taylor",
+    "moe": "--moe mlp",
+    "shiftaddvit": "--shift attn --shift-lossy --attention additive --moe mlp",
+}
+TOP_KERNELS = 8
+
+
+@dataclass
+class Runner:
+    name: str
+    call: Callable[[], object]  # one inference on the prepared inputs
+    sync: Callable[[], None] = lambda: None
+
+
+def _variant_options(variant: str, calibration) -> dict:
+    # pylint: disable=import-outside-toplevel
+    from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
+
+    shift = {"shift": ShiftOptions("all", lossy=True, calibration=calibration)}
+    additive = {"attention": AttentionOptions("additive", calibration=calibration, measure_error=False)}
+    moe = {"moe": MoEOptions("mlp", calibration=calibration, measure_error=False)}
+    return {
+        "plain": {},
+        "shift": shift,
+        "additive": additive,
+        "taylor": {"attention": AttentionOptions("taylor", calibration=calibration, measure_error=False)},
+        "moe": moe,
+        "shiftaddvit": {"shift": ShiftOptions("attn", lossy=True, calibration=calibration), **additive, **moe},
+    }[variant]
+
+
+def build(model: Path, target: str, arch: str | None, variants: list[str], out_dir: Path,
+          calibration=None) -> dict:
+    """Compile TVM's default pipeline and every saddc variant into ``out_dir``; writes and
+    returns the plan (what was built, from what)."""
+    # pylint: disable=import-outside-toplevel
+    import onnx
+    from tqdm import tqdm
+
+    import saddc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # ORT runs the original beside the modules: one self-contained file (weights inlined).
+    onnx.save(onnx.load(str(model)), str(out_dir / "model.onnx"))
+    jobs = [("tvm default", {"pipeline": "tvm-default"})]
+    jobs += [(f"saddc {variant}", _variant_options(variant, calibration)) for variant in variants]
+    plan = {"model": str(model), "target": target, "modules": {}}
+    for name, options in tqdm(jobs, desc="compiling", file=sys.stderr):
+        module = out_dir / (name.replace(" ", "_") + ".so")
+        result = saddc.compile(model, target=target, arch=arch, output=module, **options)
+        plan["modules"][name] = {"module": module.name, "flags": VARIANT_FLAGS.get(name.split()[-1], ""),
+                                 "compile_seconds": result.seconds}
+        plan["inputs"] = [spec.to_json() for spec in result.inputs]
+        plan["target_description"] = result.target.describe()
+    (out_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+    return plan
+
+
+def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | None = None,
+        min_repeat_ms: int = 200) -> dict:
+    """Time every runner in ``build_dir`` at each batch size; the result record."""
+    # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
+
+    from saddc.runtime import load
+
+    plan = json.loads((build_dir / "plan.json").read_text())
+    is_cuda = plan["target"] == "cuda"
+    modules = {name: load(build_dir / entry["module"]) for name, entry in plan["modules"].items()}
+    spec = modules["tvm default"].inputs[0]
+    if len(modules["tvm default"].inputs) != 1:
+        raise InputError("saddc bench times single-input models (an image batch)")
+    rows, kernels = [], {}
+    for batch in batches:
+        shape = [batch] + [int(d) for d in spec.shape[1:]]
+        if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+            raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {batch} needs a symbolic batch")
+        x = np.random.default_rng(batch).standard_normal(shape).astype(spec.dtype)
+        runners, reference = _runners(build_dir, plan, modules, x, torch_model, is_cuda)
+        seconds = {runner.name: [] for runner in runners}
+        for runner in runners:  # warm-up (and compilation, for torch.compile), excluded
+            runner.call()
+            runner.sync()
+        for _ in tqdm(range(repeat), desc=f"timing batch {batch}", file=sys.stderr):
+            for runner in runners:
+                seconds[runner.name].append(_seconds_per_call(runner, min_repeat_ms))
+        for runner in runners:
+            agreement = None
+            if runner.name in modules and reference is not None:
+                (ours,) = modules[runner.name](x)
+                agreement = _agreement(ours, reference)
+            rows.append({"runner": runner.name, "batch": batch, **benchmarking.summary(seconds[runner.name]),
+                         "flags": plan["modules"].get(runner.name, {}).get("flags"), "vs_reference": agreement})
+        for name in ("saddc plain", "saddc shiftaddvit"):
+            if name in modules and batch == batches[0]:
+                kernels[name] = _slowest_kernels(modules[name], x)
+    base = {r["batch"]: r["median_us"] for r in rows if r["runner"] == "onnxruntime"} or \
+        {r["batch"]: r["median_us"] for r in rows if r["runner"] == "tvm default"}
+    for row in rows:
+        row["x_vs_baseline"] = base[row["batch"]] / row["median_us"]
+    return {
+        "benchmark": "saddc bench", "model": plan["model"], "target": plan["target_description"],
+        "machine": benchmarking.machine(is_cuda), "date": benchmarking.now(),
+        "baseline": "onnxruntime" if not is_cuda else "tvm default",
+        "method": f"median and spread of {repeat} rounds; each round times every runner once, averaging "
+                  f"calls that fill >= {min_repeat_ms} ms after a warm-up; one process",
+        "rows": rows, "slowest_kernels": kernels,
+    }
+
+
+def _runners(build_dir, plan, modules, x, torch_model, is_cuda) -> tuple[list[Runner], np.ndarray | None]:
+    """Every runner on input ``x``, and ONNX Runtime's output (the reference) where it runs."""
+    # pylint: disable=import-outside-toplevel
+    runners, reference = [], None
+    if not is_cuda:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(build_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+        feeds = {session.get_inputs()[0].name: x}
+        reference = session.run(None, feeds)[0]
+        runners.append(Runner("onnxruntime", lambda: session.run(None, feeds)))
+    if torch_model:
+        runners += _torch_runners(torch_model, x, is_cuda)
+    for name, module in modules.items():
+        runners.append(_module_runner(name, module, x))
+    return runners, reference
+
+
+def _module_runner(name, module, x) -> Runner:
+    tensors = module._tensors([x])  # pylint: disable=protected-access
+    return Runner(name, lambda: module._main(*tensors), module.device.sync)  # pylint: disable=protected-access
+
+
+def _torch_runners(spec: str, x: np.ndarray, is_cuda: bool) -> list[Runner]:
+    """``FILE.py:FACTORY``: a torch model (its weights do not matter for latency)."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    import torch  # pylint: disable=import-outside-toplevel
+
+    path, _, factory = spec.partition(":")
+    if not Path(path).is_file() or not factory:
+        raise ConfigError(f"--torch wants FILE.py:FACTORY, got '{spec}'")
+    loader = importlib.util.spec_from_file_location(Path(path).stem, path)
+    source = importlib.util.module_from_spec(loader)
+    sys.path.insert(0, str(Path(path).resolve().parent))
+    loader.loader.exec_module(source)
+    device = "cuda" if is_cuda else "cpu"
+    model = getattr(source, factory)().eval().to(device)
+    tensor = torch.from_numpy(x).to(device)
+    sync = torch.cuda.synchronize if is_cuda else (lambda: None)
+
+    def runner(module):
+        def call():
+            with torch.inference_mode():
+                return module(tensor)
+        return call
+
+    runners = [Runner("torch eager", runner(model), sync)]
+    if is_cuda:  # torch.compile on the CPU needs a C++ toolchain per shape; on a GPU it is the baseline to beat
+        runners.append(Runner("torch.compile", runner(torch.compile(model)), sync))
+    return runners
+
+
+def _seconds_per_call(runner: Runner, min_repeat_ms: int) -> float:
+    calls, started = 0, time.perf_counter()
+    while True:
+        runner.call()
+        calls += 1
+        runner.sync()
+        elapsed = time.perf_counter() - started
+        if elapsed * 1e3 >= min_repeat_ms:
+            return elapsed / calls
+
+
+def _agreement(ours: np.ndarray, reference: np.ndarray) -> dict:
+    flat, expected = ours.ravel().astype(np.float64), reference.ravel().astype(np.float64)
+    cosine = float(flat @ expected / max(np.linalg.norm(flat) * np.linalg.norm(expected), 1e-30))
+    result = {"max_relative_error": float(np.abs(flat - expected).max() / max(np.abs(expected).max(), 1e-30)),
+              "cosine": cosine}
+    if ours.ndim == 2:
+        result["top1_agreement"] = float(np.mean(ours.argmax(-1) == reference.argmax(-1)))
+    return result
+
+
+def _slowest_kernels(module, x) -> list[dict]:
+    timings = module.time_kernels(x, repeat=3)
+    totals = [{"kernel": name, "calls": t["calls"], "total_us": t["calls"] * statistics.median(t["seconds"]) * 1e6}
+              for name, t in timings.items()]
+    everything = sum(k["total_us"] for k in totals)
+    for kernel in totals:
+        kernel["share"] = kernel["total_us"] / everything
+    return sorted(totals, key=lambda k: -k["total_us"])[:TOP_KERNELS]
+
+
+def table(result: dict) -> list[str]:
+    lines = [f"{result['model']} on {result['target']}, {result['machine'].get('gpu', result['machine']['cpu'])} "
+             f"({result['machine']['cores']} cores); x = speed-up over {result['baseline']}"]
+    lines.append(f"{'runner':<20}{'batch':>6}{'median ms':>12}{'spread %':>10}{'x':>8}   agreement with ORT")
+    for row in result["rows"]:
+        spread = 100 * (row["max_us"] - row["min_us"]) / row["median_us"]
+        agreement = row["vs_reference"]
+        text = "" if not agreement else f"cosine {agreement['cosine']:.5f}, max rel err {agreement['max_relative_error']:.2g}"
+        if agreement and "top1_agreement" in agreement:
+            text += f", top-1 {agreement['top1_agreement']:.0%}"
+        lines.append(f"{row['runner']:<20}{row['batch']:>6}{row['median_us'] / 1e3:>12.2f}{spread:>10.1f}"
+                     f"{row['x_vs_baseline']:>8.2f}   {text}")
+    for name, kernels in result["slowest_kernels"].items():
+        lines.append(f"slowest kernels of {name} (batch {result['rows'][0]['batch']}):")
+        lines += [f"  {k['total_us'] / 1e3:8.2f} ms {100 * k['share']:5.1f}%  x{k['calls']:<3} {k['kernel']}"
+                  for k in kernels]
+    return lines
+
+
+def plot(result: dict, path: Path) -> None:
+    """Latency by runner per batch (bars, min-max whiskers), and the slowest kernels."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    batches = sorted({row["batch"] for row in result["rows"]})
+    panels = len(batches) + len(result["slowest_kernels"])
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
+        rows = [row for row in result["rows"] if row["batch"] == batch]
+        medians = [row["median_us"] / 1e3 for row in rows]
+        errors = [[(row["median_us"] - row["min_us"]) / 1e3 for row in rows],
+                  [(row["max_us"] - row["median_us"]) / 1e3 for row in rows]]
+        ax.barh([row["runner"] for row in rows], medians, xerr=errors, color="tab:blue")
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per inference, log scale (median; whiskers: min-max)")
+        ax.set_title(f"batch {batch}: {result['target']}, {result['machine'].get('gpu', result['machine']['cpu'])}")
+    for ax, (name, kernels) in zip(axes[len(batches):, 0], result["slowest_kernels"].items()):
+        ax.barh([k["kernel"][:60] for k in kernels], [k["total_us"] / 1e3 for k in kernels], color="tab:orange")
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per inference, all calls")
+        ax.set_title(f"slowest kernels: {name}")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    """The JSON record and the PNG, named by model, target and machine, written atomically."""
+    from saddc.artifacts import atomic_outputs  # pylint: disable=import-outside-toplevel
+
+    stem = f"bench_{Path(result['model']).stem}_{result['target'].split()[0]}_{benchmarking.machine_slug(result['machine'])}"
+    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs(json_path, png_path) as (json_tmp, png_tmp):
+        json_tmp.write_text(json.dumps(result, indent=1) + "\n")
+        plot(result, png_tmp)
+    return json_path, png_path

@@ -1,0 +1,98 @@
+"""A DLight rule for the CPU: matmul-like fused functions (dense and batched matmuls with their
+fused elementwise prologue and epilogue), the bulk of a ViT's time.
+
+TVM 0.27 has no CPU matmul rule (``dlight.cpu`` holds GEMV and reductions only), and a
+legalized matmul runs on one thread, one scalar at a time. The schedule is the classic
+register-blocked GEMM:
+
+    parallel for (batch..., column panel, row tile):      one task per MR x NR output tile
+        acc[MR, NR] = 0                                    in registers (vector lanes along NR)
+        for k:  acc[i, :] += A[i, k] * B[k, :]             MR broadcasts, NR/lanes vector FMAs
+        out[MR, NR] = epilogue(acc)                        bias, GELU, residual: vectorized
+
+Panels of NR columns are the outer parallel loop so that each thread keeps its K x NR slice of
+B hot while it walks down the rows of A. Rows that do not divide MR run as a guarded tail.
+Columns are padded to whole vectors when they do not fill them (the attention scores' 197),
+so NR is always a multiple of the SIMD width.
+
+The rule applies to functions with exactly one reduction block whose reduction loop is
+innermost and whose other blocks are injective (inlined into it or into the one epilogue
+block); anything else falls through to the next rule.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+from saddc.schedules.simd import simd_lanes, target_lanes
+
+# MR x NR accumulators: 4 rows by 2 vectors is 8 of AVX-512's 32 vector registers (AVX2's 16
+# hold them too), leaving room for B's vectors and A's broadcasts.
+ROWS = 4
+VECTORS = 2
+
+
+class CPUMatmul(CPUScheduleRule):
+    """Register-blocked, vectorized, parallel matmul for ``llvm`` targets (see the module doc)."""
+
+    def apply(self, func, target, tunable):  # pylint: disable=unused-argument
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
+        if len(reductions) != 1 or not all(info.is_injective() for info in infos if info is not infos[reductions[0]]):
+            return None
+        main = infos[reductions[0]].block_rv
+        kinds = infos[reductions[0]].dom_kind()
+        columns = sch.get(sch.get_loops(main)[-2]).extent
+        if len(kinds) < 3 or kinds.count("R") != 1 or not kinds.endswith("R") or not isinstance(columns, tirx.IntImm):
+            return None
+        lanes = target_lanes(target)
+        original = {sch.get(info.block_rv).name_hint for info in infos}
+        if int(columns) % lanes and int(columns) > lanes:
+            # Pad the columns to whole vectors (the attention scores' 197 -> 208): B is copied
+            # into a zero-padded buffer first and the padding is cropped in the epilogue.
+            sch.pad_einsum(main, [1] * (len(kinds) - 2) + [lanes, 1])
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        position = [sch.get(b).name_hint for b in blocks].index(sch.get(main).name_hint)
+        padding = [b for b in blocks[:position] if sch.get(b).name_hint not in original]
+        try:
+            for block in blocks[:position]:
+                if block not in padding:
+                    sch.compute_inline(block)
+            epilogue = blocks[position + 1:]
+            for block in epilogue[:-1]:
+                sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            return None
+        for block in padding:
+            sch.parallel(sch.fuse(*sch.get_loops(block)))
+        # The block that reads the accumulator: the epilogue, or a write-back made for it.
+        output = epilogue[-1] if epilogue else sch.cache_write(main, 0, "local")
+        loops = sch.get_loops(main)
+        if len(loops) != len(kinds):
+            return None
+        columns = int(sch.get(loops[-2]).extent)
+        lanes = simd_lanes(columns, lanes)
+        panel = lanes * VECTORS if columns % (lanes * VECTORS) == 0 else lanes
+        *outer, i, j, k = loops
+        io, ii = sch.split(i, [None, ROWS])
+        jo, ji = sch.split(j, [None, panel])
+        sch.reorder(*outer, jo, io, k, ii, ji)
+        sch.reverse_compute_at(output, io)
+        # Parallel and vectorize before the init is split off: afterwards two blocks write
+        # the accumulator, which these primitives reject.
+        sch.parallel(sch.fuse(*outer, jo, io))
+        sch.vectorize(ji)
+        sch.unroll(ii)
+        if epilogue:
+            sch.set_scope(main, 0, "local")
+        init = sch.decompose_reduction(main, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(output)[-1])
+        return sch

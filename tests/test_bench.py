@@ -1,0 +1,51 @@
+"""saddc bench: one run times ONNX Runtime, TVM's default pipeline and saddc's variants side by
+side, checks saddc's outputs against ONNX Runtime, and writes a table, JSON and PNG; bad input
+is one line."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import random_input, run_saddc
+from model_zoo import IMAGE, build
+from saddc.frontends.torch_export import export_onnx
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "deit.onnx"
+    return export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)), path, "legacy", 17,
+                       dynamic_batch=True)
+
+
+def test_bench_times_every_runner_side_by_side(model, tmp_path):
+    result = run_saddc("bench", model, "--variants", "plain,shift", "--batch", "1,2", "--repeat", "2", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = tmp_path.glob("bench_deit_llvm_*.json")
+    assert record.with_suffix(".png").stat().st_size > 0
+    data = json.loads(record.read_text())
+    runners = {(row["runner"], row["batch"]) for row in data["rows"]}
+    for name in ("onnxruntime", "tvm default", "saddc plain", "saddc shift"):
+        assert {(name, 1), (name, 2)} <= runners
+    for row in data["rows"]:
+        assert 0 < row["min_us"] <= row["median_us"] <= row["max_us"] and row["repeats"] == 2
+    plain = [row for row in data["rows"] if row["runner"] == "saddc plain"]
+    assert all(row["vs_reference"]["max_relative_error"] <= 1e-4 for row in plain)
+    assert data["slowest_kernels"] and "saddc plain" in result.stdout
+    assert not list(tmp_path.glob("*build*")), "the compiled modules are temporary"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["{model}", "--variants", "plain,fast"], "unknown variant(s) fast"),
+    (["{model}", "--batch", "1,x"], "--batch wants comma-separated integers"),
+    (["--repeat", "1"], "needs a model"),
+    (["--run", "{tmp}"], "holds no saddc bench build"),
+    (["{tmp}/missing.onnx"], "missing.onnx"),
+])
+def test_bad_bench_input_is_one_line(model, tmp_path, args, message):
+    result = run_saddc("bench", *[arg.format(model=model, tmp=tmp_path) for arg in args], "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("saddc: error:")]
+    assert message in line and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("out/bench_*"))

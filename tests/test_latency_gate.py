@@ -1,0 +1,41 @@
+"""The kernel-latency gate (benchmarks/latency_gate.py, run by .ci/run): it passes on this tree
+against the committed baseline, and fails when a real slowdown is injected (saddc's CPU matmul
+rule switched off, so the matmuls run as TVM legalizes them, unscheduled)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GATE = ROOT / "benchmarks" / "latency_gate.py"
+# The gate's CLI in a fresh process (its thread pool must start with its settings), optionally
+# with a schedule rule replaced first.
+RUN_GATE = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+sys.argv = ["latency_gate.py", "--cases", "plain", "--repeat", "3"]
+if {disable_matmul_rule}:
+    from saddc.schedules.cpu_matmul import CPUMatmul
+    CPUMatmul.apply = lambda self, func, target, tunable: None
+import latency_gate
+sys.exit(latency_gate.main())
+"""
+
+
+def run_gate(disable_matmul_rule: bool) -> subprocess.CompletedProcess:
+    script = RUN_GATE.format(benchmarks=str(GATE.parent), disable_matmul_rule=disable_matmul_rule)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_gate_passes_on_this_tree():
+    result = run_gate(disable_matmul_rule=False)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "gate: pass" in result.stdout and "fused_matmul_add" in result.stdout
+
+
+def test_gate_fails_on_a_deliberately_bad_schedule():
+    result = run_gate(disable_matmul_rule=True)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    regressions = [line for line in result.stdout.splitlines() if line.startswith("REGRESSION")]
+    assert any("plain/fused_matmul_add:" in line for line in regressions), result.stdout
+    assert "gate: FAIL" in result.stdout
