@@ -17,8 +17,9 @@ the segment runs the unrolled ``rows``-row body; the (at most two) tiles that st
 segment boundary run it a row at a time; tiles outside the segment do nothing. The row range
 is data-dependent, which TensorIR's schedule primitives cannot express (they need affine block
 bindings), so each target's kernel is written with its schedule in place: on the CPU, tiles in
-parallel with output channels in SIMD lanes; on CUDA, a thread per (row tile, output channel),
-warps along the channels so weight loads coalesce.
+parallel (interleaved, so every thread gets a share of any segment) with output channels in
+SIMD lanes; on CUDA, a thread per (row tile, output channel), warps along the channels so
+weight loads coalesce.
 
 ``reference`` (numpy) is ``segmented_reference``.
 """
@@ -41,6 +42,8 @@ KINDS = (DENSE, SHIFT)
 
 # Rows a tile (sharing each weight load); output channels a CUDA thread block spans.
 ROWS_CPU = 4
+# CPU row tiles are visited in this many interleaved passes (see the CPU kernel).
+INTERLEAVE = 8
 ROWS_CUDA = 4
 THREADS_N = 64
 THREADS_M = 4
@@ -139,7 +142,13 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent)
         with T.sblock("root"):
             start = T.Cast("int64", offsets[expert])
             end = T.Cast("int64", offsets[expert + 1])
-            for row_tile in T.parallel(T.ceildiv(tokens, T.int64(rows))):
+            # The parallel loop's iterations are split between threads in order, and a segment
+            # is one contiguous run of tiles: walking the tiles interleaved (INTERLEAVE strided
+            # passes) gives every thread an equal share of any segment. Steps past the last
+            # tile have an empty row range and do nothing.
+            group = T.ceildiv(T.ceildiv(tokens, T.int64(rows)), T.int64(INTERLEAVE))
+            for step in T.parallel(group * INTERLEAVE):
+                row_tile = step % INTERLEAVE * group + step // INTERLEAVE
                 low = T.max(row_tile * rows, start)
                 high = T.min(row_tile * rows + rows, end)
                 for channel_block in range(out_features // lanes):
