@@ -92,24 +92,18 @@ def compile_cases(out_dir: Path, target: str, names=CASES) -> dict[str, Path]:
     from deit_tiny import deit_tiny
 
     import saddc
-    from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
+    from saddc.bench import variant_options
     from saddc.frontends.torch_export import export_onnx
 
     torch.manual_seed(0)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32"))
     onnx_path = export_onnx(deit_tiny(depth=DEPTH).eval(), x, out_dir / "deit.onnx", "legacy", 17)
     calibration = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype("float32")
-    cases = {
-        "plain": {},
-        "shift": {"shift": ShiftOptions("all", lossy=True, calibration=calibration)},
-        "additive": {"attention": AttentionOptions("additive", calibration=calibration, measure_error=False)},
-        "moe": {"moe": MoEOptions("mlp", calibration=calibration, measure_error=False)},
-    }
     modules = {}
-    for case in names:
-        options = cases[case]
+    for case in names:  # each case is the saddc bench variant of its name
         print(f"compiling {case}", file=sys.stderr)
-        modules[case] = saddc.compile(onnx_path, target=target, output=out_dir / f"{case}.so", **options).output
+        modules[case] = saddc.compile(onnx_path, target=target, output=out_dir / f"{case}.so",
+                                      **variant_options(case, calibration)).output
     return modules
 
 

@@ -17,8 +17,9 @@ from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
 from .rewrite_patch_embedding_to_matmul import RewritePatchEmbeddingToMatmul
 
 __all__ = [
-    "ApplyTuningDatabase", "TuningReport", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes", "BuildMoEFromLinear", "LinearLayer",
-    "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport", "ReplaceSoftmaxAttention",
-    "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul", "ShiftReport", "SkippedSoftmax", "UnmatchedMoE",
-    "find_attention_blocks", "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
+    "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
+    "BuildMoEFromLinear", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer",
+    "MoEReport", "ReplaceSoftmaxAttention", "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul",
+    "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
+    "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
 ]

@@ -43,16 +43,17 @@ class TuningReport:
         return {"database": self.database, "tuned": self.tuned, "untuned": self.untuned}
 
 
+def needs_schedule(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether the schedule phase's generic rules (or a tuning record) schedule ``func``: it is
+    neither a saddc kernel nor written with its schedule in place."""
+    attrs = func.attrs or {}
+    return KERNEL_ATTR not in attrs and not attrs.get("tirx.is_scheduled", False)
+
+
 def schedulable_kernels(mod: tvm.IRModule) -> list[str]:
     """Names of the PrimFuncs the schedule phase's generic rules would schedule."""
-    names = []
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        attrs = func.attrs or {}
-        if KERNEL_ATTR not in attrs and not attrs.get("tirx.is_scheduled", False):
-            names.append(gv.name_hint)
-    return sorted(names)
+    return sorted(gv.name_hint for gv, func in mod.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc) and needs_schedule(func))
 
 
 @tvm.transform.module_pass(opt_level=0, name="saddc.ApplyTuningDatabase")

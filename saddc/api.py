@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 
 from saddc import artifacts
-from saddc.config import AttentionOptions, LowerConfig, MoEOptions, ShiftOptions
+from saddc.config import AUTO_TUNING_DB, AttentionOptions, LowerConfig, MoEOptions, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
 from saddc.errors import SaddcError
 from saddc.pipeline import phases, run_phases
@@ -121,7 +121,7 @@ def compile(  # pylint: disable=redefined-builtin
     attention: AttentionOptions | None = None,
     pipeline: str = "saddc",
     moe: MoEOptions | None = None,
-    tuning_db: str | os.PathLike | None = "auto",
+    tuning_db: str | os.PathLike | None = AUTO_TUNING_DB,
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
 

@@ -28,7 +28,7 @@ import numpy as np
 from saddc import benchmarking
 from saddc.errors import ConfigError, InputError
 
-# The compile flags each variant (config.BENCH_VARIANTS) stands for; ``_variant_options`` builds them.
+# The compile flags each variant (config.BENCH_VARIANTS) stands for; ``variant_options`` builds them.
 VARIANT_FLAGS = {
     "plain": "",
     "shift": "--shift all --shift-lossy",
@@ -47,7 +47,8 @@ class Runner:
     sync: Callable[[], None] = lambda: None
 
 
-def _variant_options(variant: str, calibration) -> dict:
+def variant_options(variant: str, calibration) -> dict:
+    """``saddc.compile``'s rewrite options for a variant (the latency gate's cases use them too)."""
     # pylint: disable=import-outside-toplevel
     from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
 
@@ -78,7 +79,7 @@ def build(model: Path, target: str, arch: str | None, variants: list[str], out_d
     # ORT runs the original beside the modules: one self-contained file (weights inlined).
     onnx.save(onnx.load(str(model)), str(out_dir / "model.onnx"))
     jobs = [("tvm default", {"pipeline": "tvm-default"})]
-    jobs += [(f"saddc {variant}", _variant_options(variant, calibration)) for variant in variants]
+    jobs += [(f"saddc {variant}", variant_options(variant, calibration)) for variant in variants]
     plan = {"model": str(model), "target": target, "modules": {}}
     for name, options in tqdm(jobs, desc="compiling", file=sys.stderr):
         module = out_dir / (name.replace(" ", "_") + ".so")

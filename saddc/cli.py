@@ -9,7 +9,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from saddc.config import ATTENTION_FORMS, ATTENTION_MODES, BENCH_VARIANTS, MOE_DISPATCHES, SHIFT_KERNELS
+from saddc.config import (ATTENTION_FORMS, ATTENTION_MODES, AUTO_TUNING_DB, BENCH_VARIANTS, MOE_DISPATCHES,
+                          SHIFT_KERNELS)
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -196,7 +197,7 @@ def cmd_compile(args) -> int:
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output, dump_ir=args.dump_ir,
         progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention, moe=moe,
-        tuning_db=None if args.db == "none" else args.db or "auto",
+        tuning_db=None if args.db == "none" else args.db or AUTO_TUNING_DB,
     )
     print("\n".join(result.summary_lines()))
     return 0

@@ -88,7 +88,8 @@ def _llvm_cpu(arch: str) -> str:
     return cpu
 
 
-def tvm_llvm_target(cpu: str):
+def tvm_llvm_target(cpu: str, num_cores: int | None = None):
+    """The TVM target for LLVM CPU ``cpu``; ``num_cores`` is what MetaSchedule plans for."""
     import tvm  # pylint: disable=import-outside-toplevel
 
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, **({"num-cores": num_cores} if num_cores else {})})

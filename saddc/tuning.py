@@ -60,15 +60,17 @@ def open_database(path: str | Path):
 def tuning_target(spec):
     """The target MetaSchedule needs: llvm with its core count, cuda with the limits of the
     device its schedules are generated for (those of every SM since sm_70)."""
-    import tvm  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    import tvm
 
-    from saddc.runtime import physical_cores  # pylint: disable=import-outside-toplevel
+    from saddc.runtime import physical_cores
+    from saddc.target import tvm_llvm_target
 
     if spec.is_cuda:
         return tvm.target.Target({"kind": "cuda", "arch": spec.arch, "max_threads_per_block": 1024,
                                   "max_num_threads": 1024, "max_shared_memory_per_block": 49152,
                                   "thread_warp_size": 32, "registers_per_block": 65536})
-    return tvm.target.Target({"kind": "llvm", "mcpu": spec.arch, "num-cores": physical_cores()})
+    return tvm_llvm_target(spec.arch, physical_cores())
 
 
 @dataclass
@@ -183,11 +185,12 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
     from tqdm import tqdm
     from tvm.s_tir import meta_schedule as ms
 
+    from saddc.passes.apply_tuning_database import needs_schedule
     from saddc.pipeline import schedule_rules
 
     target = tuning_target(config.target)
     tasks = [task for task in ms.relax_integration.extract_tasks(legalized, target)
-             if _tunable(task) and (kernels is None or kernels in task.task_name)]
+             if needs_schedule(task.dispatched[0]["main"]) and (kernels is None or kernels in task.task_name)]
     symbolic = [task.task_name for task in tasks if not _static(task.dispatched[0]["main"])]
     if symbolic:
         print(f"not tuning {len(symbolic)} kernels with symbolic shapes (MetaSchedule tunes static shapes; "
@@ -227,13 +230,6 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
                 keep.append((mod, records[0]))
         _write_database(database_dir, keep)
     return rows
-
-
-def _tunable(task) -> bool:
-    from saddc.schedules.rules import KERNEL_ATTR  # pylint: disable=import-outside-toplevel
-
-    attrs = task.dispatched[0]["main"].attrs or {}
-    return KERNEL_ATTR not in attrs and not attrs.get("tirx.is_scheduled", False)
 
 
 def _static(func) -> bool:

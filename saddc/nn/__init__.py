@@ -21,4 +21,5 @@ from saddc.nn.moe import MoELinear, Routing, balance_loss, model_balance_loss, r
 from saddc.nn.shift import ShiftLinear, round_weights_to_shift, rounded_to_shift
 
 __all__ = ["AdditiveAttention", "MoELinear", "Routing", "ShiftLinear", "SoftmaxAttention", "TaylorAttention",
-           "balance_loss", "model_balance_loss", "replace_attention", "replace_linear_with_moe", "round_weights_to_shift", "rounded_to_shift"]
+           "balance_loss", "model_balance_loss", "replace_attention", "replace_linear_with_moe",
+           "round_weights_to_shift", "rounded_to_shift"]

@@ -92,7 +92,6 @@ class MoELinear(torch.nn.Module):
         return float((self.routing.choices == SHIFT).float().mean())
 
 
-
 def replace_linear_with_moe(model: torch.nn.Module, include: str = "*mlp.*", exclude: str | None = None,
                             bits: int = 5) -> torch.nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers with names matching the glob ``include``
@@ -105,6 +104,7 @@ def replace_linear_with_moe(model: torch.nn.Module, include: str = "*mlp.*", exc
     for name in names:
         model.set_submodule(name, MoELinear.from_linear(model.get_submodule(name), bits))
     return model
+
 
 def _cv_squared(values: torch.Tensor) -> torch.Tensor:
     return values.var(unbiased=False) / (values.mean() ** 2 + 1e-10)
