@@ -4,6 +4,7 @@ For each shape (DeiT-Tiny's qkv/proj/fc1/fc2 at 197 tokens, PVTv2-b0's stage-1 q
 fc1/fc2 at 3136 tokens; batch 1 and 32), one run times side by side:
 
 - ``shift add-only``   saddc's shift GEMM (5-bit codes), built by ``saddc.compile --shift all``
+- ``shift decode-dense`` the decode-then-FMA variant (CPU only)
 - ``shift decode-mma`` the tensor-core variant (CUDA only)
 - ``tvm dense fp32`` / ``tvm dense fp16``  TVM's own matmul of the same shape through the
   same pipeline without rewrites (legalized on CPU; DLight-scheduled on CUDA)
@@ -20,7 +21,7 @@ the timing half also runs on a machine with only the runtime (the GPU machine):
     TVM_USE_RUNTIME_LIB=1 python benchmarks/bench_shift_gemm.py --run DIR --record
                                                                          # time on the GPU
 
-``--record`` also writes the measured add-only/decode-mma latencies into the table that
+``--record`` also writes the measured shift kernels' latencies into the table that
 ``--shift-kernel auto`` chooses from (schedules/shift_gemm_latency.json).
 """
 
@@ -55,8 +56,8 @@ PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 
 
 def _variants(is_cuda: bool) -> list[str]:
-    variants = ["shift add-only", "tvm dense fp32", "tvm dense fp16"]
-    return variants[:1] + ["shift decode-mma"] + variants[1:] if is_cuda else variants
+    shift = "shift decode-mma" if is_cuda else "shift decode-dense"
+    return ["shift add-only", shift, "tvm dense fp32", "tvm dense fp16"]
 
 
 def _weight(in_features, out_features, seed=0) -> np.ndarray:
@@ -182,9 +183,10 @@ def _add_ratios(rows) -> None:
 
 def _record_latency(result) -> None:
     from saddc.schedules import shift_gemm  # pylint: disable=import-outside-toplevel
+    from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
 
     machine = result["machine"]
-    key = "llvm" if result["target"] == "llvm" else f"cuda-{benchmarking.gpu_arch()}"
+    key = f"llvm-{parse_target('llvm').arch}" if result["target"] == "llvm" else f"cuda-{benchmarking.gpu_arch()}"
     table = json.loads(shift_gemm.LATENCY_TABLE.read_text()) if shift_gemm.LATENCY_TABLE.exists() else {}
     entries = {}
     for row in result["rows"]:

@@ -3,6 +3,7 @@
 from .apply_tuning_database import ApplyTuningDatabase, TuningReport
 from .attention_report import AttentionReport, AttentionSite
 from .build_moe_from_linear import BuildMoEFromLinear
+from .convert_to_float16 import ConvertToFloat16
 from .find_binary_codes import BinaryCodes, find_binary_codes
 from .find_moe_layers import MoELayer, UnmatchedMoE, find_moe_layers
 from .find_vit_blocks import (
@@ -18,7 +19,7 @@ from .rewrite_patch_embedding_to_matmul import RewritePatchEmbeddingToMatmul
 
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
-    "BuildMoEFromLinear", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer",
+    "BuildMoEFromLinear", "ConvertToFloat16", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer",
     "MoEReport", "ReplaceSoftmaxAttention", "RewriteLinearToShift", "RewritePatchEmbeddingToMatmul",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",

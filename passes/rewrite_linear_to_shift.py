@@ -143,7 +143,7 @@ def _skip_reason(layer, layers, tokens) -> str | None:
 
 
 def _target_key(target: TargetSpec) -> str:
-    return f"cuda-{target.arch}" if target.is_cuda else target.kind
+    return f"{target.kind}-{target.arch}"
 
 
 @tvm.transform.module_pass(opt_level=0, name="saddc.RewriteLinearToShift")
@@ -245,14 +245,16 @@ class _ShiftRewriter(relax.PyExprMutator):
     def _shift_gemm(self, x: relax.Expr, layer: LinearLayer) -> relax.Expr:
         weights = self.encoded[layer.index][0]
         variant = self.kernels[layer.index][0]
-        x2d = self.builder_.emit(relax.op.reshape(x, (leading_rows(x), layer.in_features)))
+        # decode-dense takes the activation as it is; the other kernels take rows.
+        flat = variant != shift_gemm.DECODE_DENSE
+        x_in = self.builder_.emit(relax.op.reshape(x, (leading_rows(x), layer.in_features))) if flat else x
         bias = None
         if layer.bias is not None:
             bias = relax.const(layer.bias.value.numpy().reshape(layer.out_features))
-        y2d = emit_kernel(
-            self.builder_, shift_gemm.shift_gemm_te, x2d, relax.const(weights.packed, "uint32"),
+        y = emit_kernel(
+            self.builder_, shift_gemm.shift_gemm_te, x_in, relax.const(weights.packed, "uint32"),
             relax.const(weights.exponents, "int32"), bias, bits=self.bits, in_features=layer.in_features,
             variant=variant, kernel="shift_gemm", name=f"shift_gemm_{layer.in_features}x{layer.out_features}",
             attrs={shift_gemm.VARIANT_ATTR: variant},
         )
-        return relax.op.reshape(y2d, list(x.ty.shape.values[:-1]) + [layer.out_features])
+        return relax.op.reshape(y, list(x.ty.shape.values[:-1]) + [layer.out_features]) if flat else y

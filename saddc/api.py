@@ -68,6 +68,7 @@ class CompileResult:
     nvcc: NvccStats | None = None
     reports: dict = field(default_factory=dict)
     pipeline: str = "saddc"
+    dtype: str = "float32"
 
     def summary_lines(self) -> list[str]:
         ops = ", ".join(f"{op} x{count}" for op, count in self.op_counts.most_common())
@@ -78,6 +79,8 @@ class CompileResult:
             f"outputs:           {'; '.join(spec.describe() for spec in self.outputs)}",
             f"ops found:         {sum(self.op_counts.values())} ({ops})",
             f"rewrites applied:  {', '.join(self.rewrites) if self.rewrites else 'none'}",
+            f"precision:         {self.dtype}" + (" (fp32 accumulation; softmax and saddc kernels in fp32)"
+                                                  if self.dtype == "float16" else ""),
             f"kernels emitted:   {self.kernels}",
         ]
         for report in self.reports.values():
@@ -122,6 +125,7 @@ def compile(  # pylint: disable=redefined-builtin
     pipeline: str = "saddc",
     moe: MoEOptions | None = None,
     tuning_db: str | os.PathLike | None = AUTO_TUNING_DB,
+    dtype: str = "float32",
 ) -> CompileResult:
     """Import (an ONNX path) or take (a Relax module), lower, build and, with ``output``, export.
 
@@ -129,7 +133,8 @@ def compile(  # pylint: disable=redefined-builtin
     ``attention`` replaces softmax attention and lowers binary-coded attention
     (``AttentionOptions``); ``moe`` turns the linear layers it selects into Mult/Shift MoE layers
     with a sparse dispatch (``MoEOptions``; MoE layers the model computes are lowered to the
-    dispatch in any case). ``tuning_db`` is a database from ``saddc tune`` ("auto": the one
+    dispatch in any case). ``dtype="float16"`` runs the model's dense ops in fp16 with fp32
+    accumulation (``LowerConfig.dtype``). ``tuning_db`` is a database from ``saddc tune`` ("auto": the one
     shipped for the target, if any; None: none). ``pipeline="tvm-default"`` lowers with TVM's own default pipeline
     instead of saddc's (no rewrites): a baseline built, exported and loaded like saddc's modules.
 
@@ -139,10 +144,10 @@ def compile(  # pylint: disable=redefined-builtin
     started = time.perf_counter()
     if pipeline not in PIPELINES:
         raise SaddcError(f"unknown pipeline '{pipeline}' (choose from: {', '.join(PIPELINES)})")
-    if pipeline == "tvm-default" and (shift or attention or moe or dump_ir):
-        raise SaddcError("pipeline='tvm-default' is TVM's own pipeline: it takes no rewrites and dumps no IR")
+    if pipeline == "tvm-default" and (shift or attention or moe or dump_ir or dtype != "float32"):
+        raise SaddcError("pipeline='tvm-default' is TVM's own pipeline: it takes no rewrites or dtype and dumps no IR")
     config = LowerConfig(target=parse_target(target, arch), dump_ir=dump_ir, shift=shift, attention=attention,
-                         moe=moe, tuning_db=tuning_db if pipeline == "saddc" else None)
+                         moe=moe, dtype=dtype, tuning_db=tuning_db if pipeline == "saddc" else None)
     if config.tuning_db is not None:
         from saddc.tuning import open_database  # pylint: disable=import-outside-toplevel
 
@@ -184,6 +189,7 @@ def compile(  # pylint: disable=redefined-builtin
         result = CompileResult(
             executable=executable, target=config.target, inputs=inputs, outputs=outputs,
             op_counts=op_counts, rewrites=list(config.rewrites), reports=dict(config.reports), pipeline=pipeline,
+            dtype=config.dtype,
             kernels=sum(isinstance(f, tvm.tirx.PrimFunc) for f in lowered.functions.values()),
             seconds=0.0, nvcc=nvcc_stats,
         )
@@ -233,6 +239,7 @@ def _manifest(result: CompileResult, output: Path, source: Path | None) -> dict:
         "arch": result.target.arch,
         "cpu_features": result.target.simd_features(),
         "pipeline": result.pipeline,
+        "dtype": result.dtype,
         "inputs": [spec.to_json() for spec in result.inputs],
         "outputs": [spec.to_json() for spec in result.outputs],
         "rewrites": result.rewrites,

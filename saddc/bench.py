@@ -1,8 +1,8 @@
 """``saddc bench``: one model run every way, side by side in one process.
 
 Runners: ONNX Runtime on the original model (CPU), TVM's default Relax pipeline, PyTorch eager
-when a torch model is given (and ``torch.compile`` on a GPU), saddc with no rewrite, with each
-rewrite, and with ShiftAddViT's combination. Every repeat round times each runner once (calls
+when a torch model is given (and ``torch.compile`` and fp16 eager on a GPU), saddc with no
+rewrite, with each rewrite, with ShiftAddViT's combination, and in fp16 (cuda by default). Every repeat round times each runner once (calls
 averaged over ``min_repeat_ms``, warm-up excluded), so load on a noisy machine falls on all of
 them alike; figures are the median and the spread (max - min over median) of the rounds.
 
@@ -15,6 +15,7 @@ per batch, and the slowest kernels of saddc's plain module and of its combinatio
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
@@ -36,6 +37,7 @@ VARIANT_FLAGS = {
     "taylor": "--attention taylor",
     "moe": "--moe mlp",
     "shiftaddvit": "--shift attn --shift-lossy --attention additive --moe mlp",
+    "fp16": "--dtype float16",
 }
 TOP_KERNELS = 8
 
@@ -62,6 +64,7 @@ def variant_options(variant: str, calibration) -> dict:
         "taylor": {"attention": AttentionOptions("taylor", calibration=calibration, measure_error=False)},
         "moe": moe,
         "shiftaddvit": {"shift": ShiftOptions("attn", lossy=True, calibration=calibration), **additive, **moe},
+        "fp16": {"dtype": "float16"},
     }[variant]
 
 
@@ -95,10 +98,7 @@ def build(model: Path, target: str, arch: str | None, variants: list[str], out_d
 def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | None = None,
         min_repeat_ms: int = 200) -> dict:
     """Time every runner in ``build_dir`` at each batch size; the result record."""
-    # pylint: disable=import-outside-toplevel
-    from tqdm import tqdm
-
-    from saddc.runtime import load
+    from saddc.runtime import load  # pylint: disable=import-outside-toplevel
 
     plan = json.loads((build_dir / "plan.json").read_text())
     is_cuda = plan["target"] == "cuda"
@@ -113,13 +113,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
             raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {batch} needs a symbolic batch")
         x = np.random.default_rng(batch).standard_normal(shape).astype(spec.dtype)
         runners, reference = _runners(build_dir, plan, modules, x, torch_model, is_cuda)
-        seconds = {runner.name: [] for runner in runners}
-        for runner in runners:  # warm-up (and compilation, for torch.compile), excluded
-            runner.call()
-            runner.sync()
-        for _ in tqdm(range(repeat), desc=f"timing batch {batch}", file=sys.stderr):
-            for runner in runners:
-                seconds[runner.name].append(_seconds_per_call(runner, min_repeat_ms))
+        seconds = time_side_by_side(runners, repeat, min_repeat_ms, f"timing batch {batch}")
         for runner in runners:
             agreement = None
             if runner.name in modules and reference is not None:
@@ -158,30 +152,24 @@ def _runners(build_dir, plan, modules, x, torch_model, is_cuda) -> tuple[list[Ru
     if torch_model:
         runners += _torch_runners(torch_model, x, is_cuda)
     for name, module in modules.items():
-        runners.append(_module_runner(name, module, x))
+        runners.append(module_runner(name, module, x))
     return runners, reference
 
 
-def _module_runner(name, module, x) -> Runner:
+def module_runner(name: str, module, x: np.ndarray) -> Runner:
+    """A runner calling a compiled module's ``main`` on ``x``, converted to device tensors once."""
     tensors = module._tensors([x])  # pylint: disable=protected-access
     return Runner(name, lambda: module._main(*tensors), module.device.sync)  # pylint: disable=protected-access
 
 
 def _torch_runners(spec: str, x: np.ndarray, is_cuda: bool) -> list[Runner]:
     """``FILE.py:FACTORY``: a torch model (its weights do not matter for latency)."""
-    import importlib.util  # pylint: disable=import-outside-toplevel
-
     import torch  # pylint: disable=import-outside-toplevel
 
-    path, _, factory = spec.partition(":")
-    if not Path(path).is_file() or not factory:
-        raise ConfigError(f"--torch wants FILE.py:FACTORY, got '{spec}'")
-    loader = importlib.util.spec_from_file_location(Path(path).stem, path)
-    source = importlib.util.module_from_spec(loader)
-    sys.path.insert(0, str(Path(path).resolve().parent))
-    loader.loader.exec_module(source)
+    from saddc.torch_models import load_factory  # pylint: disable=import-outside-toplevel
+
     device = "cuda" if is_cuda else "cpu"
-    model = getattr(source, factory)().eval().to(device)
+    model = load_factory(spec).to(device)
     tensor = torch.from_numpy(x).to(device)
     sync = torch.cuda.synchronize if is_cuda else (lambda: None)
 
@@ -194,7 +182,32 @@ def _torch_runners(spec: str, x: np.ndarray, is_cuda: bool) -> list[Runner]:
     runners = [Runner("torch eager", runner(model), sync)]
     if is_cuda:  # torch.compile on the CPU needs a C++ toolchain per shape; on a GPU it is the baseline to beat
         runners.append(Runner("torch.compile", runner(torch.compile(model)), sync))
+        # The fp16 baseline of saddc's --dtype float16: the model in half precision.
+        half_model, half_tensor = copy.deepcopy(model).half(), tensor.half()
+
+        def half_call():
+            with torch.inference_mode():
+                return half_model(half_tensor).float()
+
+        runners.append(Runner("torch eager fp16", half_call, sync))
     return runners
+
+
+def time_side_by_side(runners: list[Runner], repeat: int, min_repeat_ms: int, desc: str) -> dict[str, list[float]]:
+    """Seconds per call of each runner in each of ``repeat`` rounds; every round times every
+    runner once, after one warm-up call each (and compilation, for torch.compile) that is not
+    timed."""
+    # pylint: disable=import-outside-toplevel
+    from tqdm import tqdm
+
+    seconds = {runner.name: [] for runner in runners}
+    for runner in runners:
+        runner.call()
+        runner.sync()
+    for _ in tqdm(range(repeat), desc=desc, file=sys.stderr):
+        for runner in runners:
+            seconds[runner.name].append(_seconds_per_call(runner, min_repeat_ms))
+    return seconds
 
 
 def _seconds_per_call(runner: Runner, min_repeat_ms: int) -> float:

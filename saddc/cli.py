@@ -9,8 +9,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from saddc.config import (ATTENTION_FORMS, ATTENTION_MODES, AUTO_TUNING_DB, BENCH_VARIANTS, MOE_DISPATCHES,
-                          SHIFT_KERNELS)
+from saddc.config import (ATTENTION_FORMS, ATTENTION_MODES, AUTO_TUNING_DB, BENCH_VARIANTS, CPU_BENCH_VARIANTS,
+                          DTYPES, FINETUNE_REWRITES, MOE_DISPATCHES, SHIFT_KERNELS)
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -23,6 +23,7 @@ Compile ONNX Vision Transformers into multiplication-reduced TVM modules.
   saddc inspect model.onnx
   saddc bench model.onnx --batch 1,32 --out results/
   saddc tune model.onnx --target llvm --trials 64 --db tuning/
+  saddc finetune model.py:vit --weights vit.pt --data data.npz --rewrite shift-mlp -o vit_shift.onnx
   saddc run model.so --input x.npy
 """
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--db", metavar="DIR|none",
                           help="a tuning database from saddc tune to schedule the kernels it has records for "
                           "(default: the one saddc ships for the target, if any; none: no database)")
+    compile_.add_argument("--dtype", choices=DTYPES, default="float32",
+                          help="float16: the model's matmuls, convs and elementwise ops in fp16 with fp32 "
+                          "accumulation; softmax and saddc's kernels stay fp32 (for cuda; default float32)")
 
     inspect_ = commands.add_parser(
         "inspect", help="show the inputs, linear layers and attention blocks saddc recognizes",
@@ -69,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", default="llvm", help="llvm or cuda (default: llvm)")
     bench.add_argument("--arch", help="as for compile")
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
-    bench.add_argument("--variants", default=",".join(BENCH_VARIANTS),
-                       help=f"saddc variants to time (default all: {','.join(BENCH_VARIANTS)})")
+    bench.add_argument("--variants", help=f"saddc variants to time, from {','.join(BENCH_VARIANTS)} "
+                       "(default: all; on llvm all but fp16, which CPUs emulate)")
     bench.add_argument("--repeat", type=int, default=5, help="timing rounds (default 5)")
     bench.add_argument("--torch", metavar="FILE.py:FACTORY", help="a torch model to time too (eager; "
-                       "torch.compile on a GPU)")
+                       "torch.compile and fp16 eager on a GPU)")
     bench.add_argument("--calibration", metavar="FILE.npy", help="inputs for the lossy variants' routers and errors")
     bench.add_argument("--out", default=".", metavar="DIR", help="where the JSON and PNG go (default: .)")
     split = bench.add_mutually_exclusive_group()
@@ -96,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep tuned records that lost to the default schedule too")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_rewrite_arguments(tune)
+
+    finetune = commands.add_parser(
+        "finetune", help="reparameterize a trained torch ViT with saddc's modules, fine-tune it, export ONNX",
+        description="Rewrite a trained torch ViT with saddc's trainable modules (shift linears, binary-coded "
+        "attention with straight-through codes, Taylor attention, MoE with the latency-aware loss), fine-tune "
+        "it on the data given, report test top-1 before and after, and export it to ONNX, which saddc "
+        "compile lowers exactly with the flags printed. Needs torch.",
+    )
+    finetune.add_argument("model", metavar="FILE.py:FACTORY", help="a function returning the torch model "
+                          "(its attention cores saddc.nn.SoftmaxAttention, as in examples/)")
+    finetune.add_argument("--weights", metavar="FILE.pt", help="the trained state dict to start from")
+    finetune.add_argument("--data", required=True, metavar="FILE.npz",
+                          help="arrays x_train, y_train, x_test, y_test (images NCHW float32, int labels)")
+    finetune.add_argument("--rewrite", required=True, choices=FINETUNE_REWRITES, help="what to reparameterize")
+    finetune.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
+    finetune.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default 5e-4)")
+    finetune.add_argument("--batch-size", type=int, default=64, help="default 64")
+    finetune.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the exported model")
+    finetune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     run_ = commands.add_parser("run", help="run a compiled module on .npy inputs")
     run_.add_argument("module", help="compiled module (.so, with its .json manifest beside it)")
@@ -197,7 +220,7 @@ def cmd_compile(args) -> int:
     result = compile_model(
         args.model, target=args.target, arch=args.arch, output=output, dump_ir=args.dump_ir,
         progress=not args.quiet and sys.stderr.isatty(), shift=shift, attention=attention, moe=moe,
-        tuning_db=None if args.db == "none" else args.db or AUTO_TUNING_DB,
+        tuning_db=None if args.db == "none" else args.db or AUTO_TUNING_DB, dtype=args.dtype,
     )
     print("\n".join(result.summary_lines()))
     return 0
@@ -296,7 +319,8 @@ def cmd_bench(args) -> int:
     from saddc import bench
     from saddc.artifacts import prepare_directory
 
-    variants = [v for v in args.variants.split(",") if v]
+    default = BENCH_VARIANTS if args.target == "cuda" else CPU_BENCH_VARIANTS
+    variants = [v for v in args.variants.split(",") if v] if args.variants else list(default)
     unknown = sorted(set(variants) - set(BENCH_VARIANTS))
     if unknown:
         raise SaddcError(f"unknown variant(s) {', '.join(unknown)} (choose from: {', '.join(BENCH_VARIANTS)})")
@@ -355,10 +379,65 @@ def _read_npy(path: str):
     except FileNotFoundError:
         raise SaddcError(f"input file not found: {path}") from None
     except (OSError, ValueError) as err:
-        raise SaddcError(f"cannot read {path} as a .npy array: {err}") from None
+        raise SaddcError(f"cannot read {path} as a .npy/.npz array: {err}") from None
 
 
-COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "bench": cmd_bench, "tune": cmd_tune, "run": cmd_run}
+def cmd_finetune(args) -> int:
+    # pylint: disable=import-outside-toplevel
+    from saddc.artifacts import prepare_directory
+
+    if args.epochs < 1:
+        raise SaddcError(f"--epochs must be at least 1, not {args.epochs}")
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise SaddcError(f"output must be an .onnx file: {output}")
+    prepare_directory(output.parent)
+    data = _read_npz(args.data, ("x_train", "y_train", "x_test", "y_test"))
+    try:
+        import torch
+    except ImportError:
+        raise SaddcError("saddc finetune needs torch (pip install torch==2.13.0)") from None
+    from saddc import finetune
+    from saddc.torch_models import load_factory
+
+    model = load_factory(args.model, args.weights)
+    x_train, x_test = (torch.from_numpy(data[k].astype("float32")) for k in ("x_train", "x_test"))
+    y_train, y_test = (torch.from_numpy(data[k].astype("int64")) for k in ("y_train", "y_test"))
+    try:
+        reparameterized = finetune.reparameterize(model, args.rewrite)
+    except ValueError as err:
+        raise SaddcError(str(err)) from None
+    before = finetune.top1(finetune.predict(reparameterized.model, x_test), y_test)
+    history = finetune.finetune(reparameterized, x_train, y_train, args.epochs, lr=args.lr,
+                                batch_size=args.batch_size, progress=not args.quiet and sys.stderr.isatty())
+    after = finetune.top1(finetune.predict(reparameterized.model, x_test), y_test)
+    reparameterized.export(x_test[:1], output)
+    print(f"rewrite:      {args.rewrite}")
+    print(f"test top-1:   {before:.2f}% reparameterized, {after:.2f}% after {args.epochs} epochs "
+          f"(loss {history.losses[0]:.3f} -> {history.losses[-1]:.3f})")
+    if history.shift_fractions:
+        print(f"shift tokens: {100 * history.shift_fractions[-1]:.1f}% in the last epoch "
+              f"(target {100 * reparameterized.shift_ratio:.0f}%)")
+    print(f"exported:     {output}")
+    print(f"compile with: saddc compile {output} {reparameterized.compile_flags}".rstrip())
+    return 0
+
+
+def _read_npz(path: str, keys: tuple[str, ...]) -> dict:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    archive = _read_npy(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise SaddcError(f"{path} holds one array, not a .npz archive of {', '.join(keys)}")
+    with archive:
+        missing = [k for k in keys if k not in archive.files]
+        if missing:
+            raise SaddcError(f"{path} lacks the arrays {', '.join(missing)}")
+        return {k: archive[k] for k in keys}
+
+
+COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "bench": cmd_bench, "tune": cmd_tune,
+            "finetune": cmd_finetune, "run": cmd_run}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saddc.errors import ConfigError
+from saddc.errors import ConfigError, SaddcWarning
 from saddc.target import TargetSpec, parse_target
 
 # Layer groups users select by (``--shift mlp,attn-proj``, ``--moe mlp``); roles are found by
@@ -18,7 +19,7 @@ LAYER_GROUPS = {
     "mlp": ("mlp-fc1", "mlp-fc2"),
     **{role: (role,) for role in ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "other")},
 }
-SHIFT_KERNELS = ("auto", "add-only", "decode-mma")
+SHIFT_KERNELS = ("auto", "add-only", "decode-dense", "decode-mma")
 AUTO_TUNING_DB = "auto"
 
 
@@ -131,8 +132,14 @@ class AttentionOptions:
 
 
 MOE_DISPATCHES = ("sparse", "select")
+# saddc finetune's rewrites (saddc.finetune.REWRITES; here so the CLI need not import torch).
+FINETUNE_REWRITES = ("original", "shift-mlp", "shift-all", "additive", "taylor", "moe-0.5", "moe-0.75", "shiftaddvit")
+# Compute precisions of the non-saddc part of a model (saddc's kernels always run in float32).
+DTYPES = ("float32", "float16")
 # saddc bench's variants of a model (saddc.bench.VARIANT_FLAGS says what each compiles with).
-BENCH_VARIANTS = ("plain", "shift", "additive", "taylor", "moe", "shiftaddvit")
+BENCH_VARIANTS = ("plain", "shift", "additive", "taylor", "moe", "shiftaddvit", "fp16")
+# fp16 is emulated on CPUs without fp16 arithmetic (seconds a layer): timed on cuda by default only.
+CPU_BENCH_VARIANTS = tuple(v for v in BENCH_VARIANTS if v != "fp16")
 
 
 @dataclass
@@ -186,6 +193,9 @@ class LowerConfig:
                  binary-coded attention (``AttentionOptions``), or None.
     moe:         turn linear layers into Mult/Shift MoE layers (``MoEOptions``), or None.
                  MoE layers the model already computes are lowered either way.
+    dtype:       ``float32``, or ``float16``: the model's dense ops (matmul, conv, elementwise)
+                 in fp16 with fp32 accumulation, softmax in fp32 (passes/convert_to_float16.py);
+                 for CUDA (CPUs without fp16 arithmetic emulate it); not with rewrites yet
     tuning_db:   a MetaSchedule database directory (``saddc tune``) whose records schedule
                  the kernels they match; "auto" (the default): the one saddc ships for the
                  target, if any; None: hand schedules and DLight only.
@@ -198,6 +208,7 @@ class LowerConfig:
     shift: ShiftOptions | None = None
     attention: AttentionOptions | None = None
     moe: MoEOptions | None = None
+    dtype: str = "float32"
     tuning_db: str | Path | None = AUTO_TUNING_DB
     layer_names: dict[str, str] = field(default_factory=dict)
     reports: dict[str, object] = field(default_factory=dict)
@@ -205,6 +216,14 @@ class LowerConfig:
     def __post_init__(self):
         if isinstance(self.target, str):
             self.target = parse_target(self.target)
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype '{self.dtype}' (choose from: {', '.join(DTYPES)})")
+        if self.dtype == "float16" and (self.shift or self.attention or self.moe):
+            raise ConfigError("--dtype float16 does not combine with --shift, --attention or --moe yet: "
+                              "TVM's mixed-precision pass cannot convert around saddc's kernels")
+        if self.dtype == "float16" and not self.target.is_cuda:
+            warnings.warn("--dtype float16 on llvm: CPUs without fp16 arithmetic emulate it, so the "
+                          "module runs far slower than in float32 (it is meant for cuda)", SaddcWarning)
         if self.tuning_db == AUTO_TUNING_DB:
             from saddc.tuning import shipped_database  # pylint: disable=import-outside-toplevel
 

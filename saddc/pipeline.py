@@ -104,13 +104,16 @@ def _fast_math_legalizations() -> dict:
 
 
 def legalize_passes(config: LowerConfig) -> list:
-    from saddc.passes import RewritePatchEmbeddingToMatmul  # pylint: disable=import-outside-toplevel
+    from saddc.passes import ConvertToFloat16, RewritePatchEmbeddingToMatmul  # pylint: disable=import-outside-toplevel
 
     # TVM's backends bundle legalization with their DLight schedule; saddc keeps them apart so
     # that its own kernels (already scheduled) and tuned records slot in before DLight runs.
     # A patch embedding's conv is a matmul over patches: so it gets the matmul schedules.
+    # Mixed precision converts the graph's own ops, so it runs before they are legalized.
+    precision = [ConvertToFloat16()] if config.dtype == "float16" else []
     return [
         RewritePatchEmbeddingToMatmul(),
+        *precision,
         relax.transform.LegalizeOps(None if config.target.is_cuda else _fast_math_legalizations()),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -126,14 +129,14 @@ def schedule_rules(config: LowerConfig) -> list:
 
     from saddc.schedules.cpu_injective import CPUInjective
     from saddc.schedules.cpu_matmul import CPUMatmul
-    from saddc.schedules.rules import SaddcKernels
+    from saddc.schedules.rules import FallThroughOnError, SaddcKernels
 
     # saddc's kernels carry their own schedules; the rest of the model goes to DLight's rules,
     # on the CPU with saddc's matmul and injective rules beside DLight's reductions. The
     # injective rule goes before DLight's GEMV, which asserts on a reduction over one element
     # (LeViT's K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
-        return [SaddcKernels(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                 dl.gpu.Fallback()]
     return [SaddcKernels(), CPUMatmul(), CPUInjective(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 

@@ -74,25 +74,34 @@ class CPUMatmul(CPUScheduleRule):
             sch.parallel(sch.fuse(*sch.get_loops(block)))
         # The block that reads the accumulator: the epilogue, or a write-back made for it.
         output = epilogue[-1] if epilogue else sch.cache_write(main, 0, "local")
-        loops = sch.get_loops(main)
-        if len(loops) != len(kinds):
+        if len(sch.get_loops(main)) != len(kinds):
             return None
-        columns = int(sch.get(loops[-2]).extent)
-        lanes = simd_lanes(columns, lanes)
-        panel = lanes * VECTORS if columns % (lanes * VECTORS) == 0 else lanes
-        *outer, i, j, k = loops
-        io, ii = sch.split(i, [None, ROWS])
-        jo, ji = sch.split(j, [None, panel])
-        sch.reorder(*outer, jo, io, k, ii, ji)
-        sch.reverse_compute_at(output, io)
-        # Parallel and vectorize before the init is split off: afterwards two blocks write
-        # the accumulator, which these primitives reject.
-        sch.parallel(sch.fuse(*outer, jo, io))
-        sch.vectorize(ji)
-        sch.unroll(ii)
-        if epilogue:
-            sch.set_scope(main, 0, "local")
-        init = sch.decompose_reduction(main, k)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.vectorize(sch.get_loops(output)[-1])
+        register_block(sch, main, output, lanes, accumulates_locally=not epilogue)
         return sch
+
+
+def register_block(sch: s_tir.Schedule, main, output, lanes: int, accumulates_locally: bool = False) -> None:
+    """Tile the matmul block ``main`` (spatial loops, then rows, columns, one innermost reduction)
+    into the MR x NR register-blocked GEMM of the module doc, ``lanes`` being the target's float32
+    SIMD width. ``output``, the block that reads the accumulator, runs once per row tile. The
+    accumulator moves to registers unless it is there already (``accumulates_locally``: ``main``
+    writes a ``cache_write`` buffer)."""
+    loops = sch.get_loops(main)
+    columns = int(sch.get(loops[-2]).extent)
+    lanes = simd_lanes(columns, lanes)
+    panel = lanes * VECTORS if columns % (lanes * VECTORS) == 0 else lanes
+    *outer, i, j, k = loops
+    io, ii = sch.split(i, [None, ROWS])
+    jo, ji = sch.split(j, [None, panel])
+    sch.reorder(*outer, jo, io, k, ii, ji)
+    sch.reverse_compute_at(output, io)
+    # Parallel and vectorize before the init is split off: afterwards two blocks write
+    # the accumulator, which these primitives reject.
+    sch.parallel(sch.fuse(*outer, jo, io))
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    if not accumulates_locally:
+        sch.set_scope(main, 0, "local")
+    init = sch.decompose_reduction(main, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(output)[-1])

@@ -1,11 +1,18 @@
 """The DLight rule that schedules saddc's own kernels (tagged ``saddc.kernel``) for a target.
 
 It comes first in the schedule phase; kernels it does not own fall through to DLight's rules.
+``FallThroughOnError`` wraps a DLight rule that can fail inside its schedule on functions it
+claims, so that they go on to the next rule instead of failing the compile.
 """
 
 from __future__ import annotations
 
+import warnings
+
+from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
+
+from saddc.errors import SaddcWarning
 
 from saddc.schedules import binary_hash, code_matmul, masked_sum, permute_rows, row_normalize, shift_gemm
 
@@ -31,3 +38,33 @@ class SaddcKernels(dl.ScheduleRule):
         if kernel is None:
             return None
         return SCHEDULES[str(kernel)](func, target)
+
+
+class FallThroughOnError(dl.ScheduleRule):
+    """``rule``, except that a function it fails to schedule (a ``ScheduleError`` inside it) goes
+    on to the next rule, with a warning naming the function. (DLight 0.27's tensor-core matmul
+    path fails so on the fp16 patch-embedding matmul of a model with a symbolic batch.)"""
+
+    def __init__(self, rule: dl.ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except s_tir.ScheduleError as err:
+            reason = next((line.split(":", 1)[1].strip() for line in str(err).splitlines()
+                           if line.startswith("Error message:")), type(err).__name__)
+            warnings.warn(f"DLight's {type(self.rule).__name__} rule failed on the kernel of {_signature(func)} "
+                          f"({reason}); the next rule schedules it", SaddcWarning)
+            return None
+
+
+def _signature(func: tirx.PrimFunc) -> str:
+    """``float16[batch, 14, 14, 768], float16[768, 192] -> float16[...]``: a kernel's buffers."""
+
+    def dim(extent) -> str:
+        return str(int(extent)) if isinstance(extent, tirx.IntImm) else str(extent)
+
+    buffers = [f"{param.ty.dtype}[{', '.join(dim(extent) for extent in param.ty.shape)}]"
+               for param in func.params if isinstance(param.ty, tirx.BufferType)]
+    return ", ".join(buffers[:-1]) + " -> " + buffers[-1] if buffers else "a kernel"

@@ -9,8 +9,11 @@ every row once. The total shape M is static; only the split is decided at run ti
 Two expert kinds:
 
 - ``dense`` (the Mult expert): float32 weights (K, N), multiply-add;
-- ``shift`` (the Shift expert): weights in the packed power-of-two format (shift_codes), each
-  product an exponent-field add (``shift_gemm.shifted_product``): no float multiply.
+- ``shift`` (the Shift expert): weights in the packed power-of-two format (shift_codes). On
+  CUDA each product is an exponent-field add (``shift_gemm.shifted_product``): no float
+  multiply. On the CPU, where that product costs about eight integer instructions to an FMA's
+  one, the kernel decodes the codes to the exact fp32 weights once per call (as the shift
+  GEMM's ``decode-dense`` variant does) and runs the dense body on them.
 
 Both kernels work on tiles of ``rows`` rows that share each weight load. A tile wholly inside
 the segment runs the unrolled ``rows``-row body; the (at most two) tiles that straddle a
@@ -31,7 +34,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from saddc.schedules.shift_codes import ShiftWeights, codes_per_word, reference_matmul
-from saddc.schedules.shift_gemm import packed_code, shifted_product
+from saddc.schedules.shift_gemm import decoded_weight, packed_code, shifted_product
 from saddc.schedules.simd import simd_lanes
 
 __all__ = ["DENSE", "SHIFT", "KINDS", "dense_segment", "shift_segment", "segmented_reference"]
@@ -81,20 +84,31 @@ def shift_segment(expert: int, in_features: int, out_features: int, bits: int, i
     """``ys[m] = xs[m] @ W + bias`` for expert ``expert``'s rows, ``W`` in the packed shift format."""
     per_word = codes_per_word(bits)
     words = -(-in_features // per_word)
+    weight_dtypes, weight_shapes = ("uint32", "int32"), ((words, out_features), (out_features,))
+    if not is_cuda:
+        def decode(packed, exponents, k, n):
+            return decoded_weight(packed_code(packed, k // per_word, k % per_word, n, bits), exponents[n], bits)
+
+        def dense_product(xs, decoded, _exponents, m, k, _, n):
+            return xs[m, k] * decoded[k, n]
+
+        return _segment_kernel(expert, in_features, out_features, is_cuda, dense_product, weight_dtypes,
+                               weight_shapes, reduce_extent=(in_features, 1), decode=decode)
 
     def product(xs, packed, exponents, m, word, lane, n):
         # Codes past K are zero weights; clamping keeps the activation read in bounds.
         k = tirx.min(word * per_word + lane, in_features - 1)
         return shifted_product(xs[m, k], packed_code(packed, word, lane, n, bits), exponents[n], bits)
 
-    return _segment_kernel(expert, in_features, out_features, is_cuda, product, ("uint32", "int32"),
-                           ((words, out_features), (out_features,)), reduce_extent=(words, per_word))
+    return _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_dtypes, weight_shapes,
+                           reduce_extent=(words, per_word))
 
 
 def _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_dtypes, weight_shapes,
-                    reduce_extent):
+                    reduce_extent, decode=None):
     """The CPU or CUDA kernel around ``product``: a dense expert has one weight buffer and a
-    plain k loop; a shift expert has two (packed codes, exponents) and a (word, lane) loop."""
+    plain k loop; a shift expert has two (packed codes, exponents) and a (word, lane) loop, or
+    on the CPU a ``decode`` of them to a K x N weight that ``product`` reads in a plain k loop."""
     two_buffers = len(weight_shapes) == 2
 
     def term(xs, first, second, m, k_outer, k_inner, n):
@@ -102,14 +116,18 @@ def _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_
             return product(xs, first, second, m, k_outer, k_inner, n)
         return product(xs, first, m, k_outer, n)
 
-    builder = _cuda_kernel if is_cuda else _cpu_kernel
     # A dense expert's kernel is written with a second weight buffer like a shift expert's and
     # loses it afterwards, so one kernel text serves both kinds.
     weights = (weight_shapes[0], weight_dtypes[0], weight_shapes[-1], weight_dtypes[-1])
-    return _drop_unused_second(builder(expert, in_features, out_features, term, weights, reduce_extent), two_buffers)
+    if is_cuda:
+        kernel = _cuda_kernel(expert, in_features, out_features, term, weights, reduce_extent)
+    else:
+        kernel = _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode)
+    return _drop_unused_second(kernel, two_buffers)
 
 
-def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent):
+def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode):
+    decodes = decode is not None
     lanes = simd_lanes(out_features)
     rows = ROWS_CPU
     outer, inner = reduce_extent
@@ -142,6 +160,16 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent)
         with T.sblock("root"):
             start = T.Cast("int64", offsets[expert])
             end = T.Cast("int64", offsets[expert + 1])
+            if decodes:
+                # Once a call, and only for an expert with rows: the weights in fp32.
+                decoded = T.alloc_buffer((in_features, out_features), "float32")
+                if end > start:
+                    for k in T.parallel(in_features):
+                        for channel_block in range(out_features // lanes):
+                            for i in T.vectorized(lanes):
+                                decoded[k, channel_block * lanes + i] = decode(
+                                    first, second, k, channel_block * lanes + i)
+            weight = decoded if decodes else first
             # The parallel loop's iterations are split between threads in order, and a segment
             # is one contiguous run of tiles: walking the tiles interleaved (INTERLEAVE strided
             # passes) gives every thread an equal share of any segment. Steps past the last
@@ -153,10 +181,10 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent)
                 high = T.min(row_tile * rows + rows, end)
                 for channel_block in range(out_features // lanes):
                     if high - low == rows:
-                        tile(xs, first, second, bias, ys, low, rows, channel_block)
+                        tile(xs, weight, second, bias, ys, low, rows, channel_block)
                     else:
                         for m in range(T.max(high - low, T.int64(0))):
-                            tile(xs, first, second, bias, ys, low + m, 1, channel_block)
+                            tile(xs, weight, second, bias, ys, low + m, 1, channel_block)
 
     return segment
 

@@ -10,13 +10,20 @@ a zero weight or a zero or subnormal activation contributes 0 (subnormals are fl
 fast paths do); a product below fp32's normal range flushes to 0; one above it becomes +-inf;
 an Inf or NaN activation passes through.
 
+``decode-dense`` (CPU). The codes and channel scales are decoded to the exact fp32 weights
+``+-2^s`` with bit operations, once per call into a K x N buffer, and a register-blocked FMA
+matmul (``cpu_matmul.register_block``) runs on them. The packed codes stay the module's weights
+(5/32 of the fp32 bytes); the products are exact, so the result matches add-only up to
+summation order (a product below fp32's normal range is not flushed). On x86 an FMA is one
+instruction where the shift product is about eight integer ones, so this is the fast CPU form.
+
 ``decode-mma`` (CUDA). The codes are decoded to fp16 with bit operations (sign, and the level
 as the fp16 exponent field: 5-bit levels are exactly fp16's normal range 2^[-14, 0]), the
 activations are cast to fp16, and DLight's tensor-core matmul rule runs the GEMM with fp32
 accumulation; the channel scale ``2^e_n`` and the bias are applied in the epilogue. It trades
 fp16 rounding of the activations for tensor-core throughput.
 
-The CUDA and CPU schedules of the add-only kernel are below, beside its compute definition;
+The CUDA and CPU schedules of the kernels are below, beside its compute definition;
 ``reference`` (numpy) is ``shift_codes.reference_matmul``.
 """
 
@@ -29,17 +36,24 @@ from pathlib import Path
 from tvm import s_tir, te, tirx
 
 from saddc.schedules.shift_codes import codes_per_word, reference_matmul, top_level
+from saddc.schedules.cpu_matmul import register_block
+from saddc.schedules.simd import simd_lanes, target_lanes
 
-__all__ = ["ADD_ONLY", "DECODE_MMA", "VARIANTS", "shift_gemm_te", "schedule", "schedule_cpu",
+__all__ = ["ADD_ONLY", "DECODE_DENSE", "DECODE_MMA", "VARIANTS", "shift_gemm_te", "schedule", "schedule_cpu",
            "schedule_cuda", "choose_variant", "reference"]
 
 ADD_ONLY = "add-only"
+DECODE_DENSE = "decode-dense"
 DECODE_MMA = "decode-mma"
-VARIANTS = (ADD_ONLY, DECODE_MMA)
+VARIANTS = (ADD_ONLY, DECODE_DENSE, DECODE_MMA)
+# The variants each target kind runs, and the default where no latency was measured: the
+# exact multiply-free kernel on GPUs; on CPUs the FMA form (see the module doc).
+TARGET_VARIANTS = {"cuda": (ADD_ONLY, DECODE_MMA), "llvm": (DECODE_DENSE, ADD_ONLY)}
 
 VARIANT_ATTR = "saddc.shift_variant"
 ACCUMULATE_BLOCK = "shift_gemm"
 STORE_BLOCK = "shift_gemm_store"
+DECODE_BLOCK = "shift_decode"
 
 reference = reference_matmul
 
@@ -68,6 +82,17 @@ def shifted_product(x_value, code, exponent, bits: int):
     return tirx.Select(contributes, tirx.reinterpret("float32", product_bits), tirx.const(0.0, "float32"))
 
 
+def decoded_weight(code, exponent, bits: int):
+    """The fp32 weight ``+-2^(exponent + level - top)`` of one code, by bit operations; 0 for a
+    zero code or a weight below fp32's normal range."""
+    level = tirx.Cast("int32", code & _u32(top_level(bits)))
+    sign = (code >> _u32(bits - 1)) & _u32(1)
+    biased = exponent + level - top_level(bits) + 127
+    weight_bits = (sign << _u32(31)) | (tirx.Cast("uint32", biased) << _u32(23))
+    return tirx.Select(tirx.all(level != 0, biased >= 1), tirx.reinterpret("float32", weight_bits),
+                       tirx.const(0.0, "float32"))
+
+
 def packed_code(packed, word, lane, n, bits: int):
     """Code ``lane`` of packed word ``[word, n]``: the weight of in-feature ``word * per_word + lane``."""
     return (packed[word, n] >> tirx.Cast("uint32", lane * bits)) & _u32((1 << bits) - 1)
@@ -80,9 +105,12 @@ def _code(packed, k, n, bits: int):
 
 def shift_gemm_te(x: te.Tensor, packed: te.Tensor, exponents: te.Tensor, bias: te.Tensor | None,
                   bits: int, in_features: int, variant: str = ADD_ONLY) -> te.Tensor:
-    """TE compute of the shift GEMM: ``x`` (M, K) float32 -> (M, N) float32."""
+    """TE compute of the shift GEMM: ``x`` (M, K) float32 -> (M, N) float32; ``decode-dense``
+    takes ``x`` (..., K) with any leading dimensions."""
     if variant == DECODE_MMA:
         return _decode_mma_te(x, packed, exponents, bias, bits, in_features)
+    if variant == DECODE_DENSE:
+        return _decode_dense_te(x, packed, exponents, bias, bits, in_features)
     rows = x.shape[0]
     words, out_features = packed.shape
     per_word = codes_per_word(bits)
@@ -99,9 +127,14 @@ def shift_gemm_te(x: te.Tensor, packed: te.Tensor, exponents: te.Tensor, bias: t
                       axis=[word, lane])
 
     acc = te.compute((rows, out_features), accumulate, name=ACCUMULATE_BLOCK)
+    return _store(acc, bias)
+
+
+def _store(acc: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
+    """The write-back of the accumulator, adding the bias (over the last dimension)."""
     if bias is None:
-        return te.compute((rows, out_features), lambda m, n: acc[m, n], name=STORE_BLOCK)
-    return te.compute((rows, out_features), lambda m, n: acc[m, n] + bias[n], name=STORE_BLOCK)
+        return te.compute(acc.shape, lambda *i: acc[i], name=STORE_BLOCK)
+    return te.compute(acc.shape, lambda *i: acc[i] + bias[i[-1]], name=STORE_BLOCK)
 
 
 def _decode_mma_te(x, packed, exponents, bias, bits, in_features):
@@ -118,7 +151,7 @@ def _decode_mma_te(x, packed, exponents, bias, bits, in_features):
         half = tirx.reinterpret("float16", tirx.Cast("uint16", half_bits))
         return tirx.Select(level != 0, half, tirx.const(0.0, "float16"))
 
-    weight = te.compute((in_features, out_features), decode, name="shift_decode")
+    weight = te.compute((in_features, out_features), decode, name=DECODE_BLOCK)
     x_half = te.compute(x.shape, lambda m, k: x[m, k].astype("float16"), name="shift_cast")
     k = te.reduce_axis((0, in_features), name="k")
     acc = te.compute(
@@ -134,6 +167,22 @@ def _decode_mma_te(x, packed, exponents, bias, bits, in_features):
         return value + bias[n] if bias is not None else value
 
     return te.compute((rows, out_features), store, name=STORE_BLOCK)
+
+
+def _decode_dense_te(x, packed, exponents, bias, bits, in_features):
+    # Any leading dimensions, not only rows: with a symbolic batch the token dimension stays a
+    # static loop, which the register-blocked schedule tiles without a predicate.
+    leading = list(x.shape[:-1])
+    out_features = packed.shape[1]
+
+    def decode(k, n):
+        return decoded_weight(_code(packed, k, n, bits), exponents[n], bits)
+
+    weight = te.compute((in_features, out_features), decode, name=DECODE_BLOCK)
+    k = te.reduce_axis((0, in_features), name="k")
+    acc = te.compute((*leading, out_features), lambda *i: te.sum(x[(*i[:-1], k)] * weight[k, i[-1]], axis=k),
+                     name=ACCUMULATE_BLOCK)
+    return _store(acc, bias)
 
 
 def schedule_cpu(sch: s_tir.Schedule, lanes: int = 16) -> None:
@@ -163,6 +212,18 @@ def schedule_cpu(sch: s_tir.Schedule, lanes: int = 16) -> None:
     init = sch.decompose_reduction(accumulate, word)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(store)[-1])
+
+
+def schedule_cpu_decode_dense(sch: s_tir.Schedule, lanes: int) -> None:
+    """Decode-dense kernel on x86-64: the decode in parallel over in-features, vectorized over
+    output channels; then the register-blocked matmul of ``cpu_matmul`` with the bias store as
+    its epilogue."""
+    decode = sch.get_sblock(DECODE_BLOCK)
+    k, n = sch.get_loops(decode)
+    _, n_inner = sch.split(n, [None, simd_lanes(int(sch.get(n).extent), lanes)])
+    sch.parallel(k)
+    sch.vectorize(n_inner)
+    register_block(sch, sch.get_sblock(ACCUMULATE_BLOCK), sch.get_sblock(STORE_BLOCK), lanes)
 
 
 def schedule_cuda(sch: s_tir.Schedule, threads_n: int = 64, threads_m: int = 2, rows_per_thread: int = 4) -> None:
@@ -200,7 +261,10 @@ def schedule(func: tirx.PrimFunc, target) -> s_tir.Schedule:
             raise RuntimeError("DLight's Matmul rule did not apply to the decode-mma shift GEMM")
         return scheduled
     sch = s_tir.Schedule(func)
-    (schedule_cuda if is_cuda else schedule_cpu)(sch)
+    if variant == DECODE_DENSE:
+        schedule_cpu_decode_dense(sch, target_lanes(target))
+    else:
+        (schedule_cuda if is_cuda else schedule_cpu)(sch)
     return sch
 
 
@@ -211,33 +275,38 @@ _MMA_MIN_DIM = 64
 
 def choose_variant(target_key: str, rows: int | None, in_features: int, out_features: int,
                    bits: int, requested: str = "auto") -> tuple[str, str]:
-    """The kernel variant for one layer on ``target_key`` (``llvm`` or ``cuda-sm_90``), and why.
+    """The kernel variant for one layer on ``target_key`` (``llvm-<cpu>`` or ``cuda-<sm>``), and why.
 
-    ``auto`` picks the faster variant in the latency table that ``benchmarks/bench_shift_gemm.py
-    --record`` writes on the target's machine, for this weight shape and code width at the
-    nearest measured row count. Without a measurement the exact add-only kernel is used, and
-    the reason says so.
+    ``auto`` picks the faster of the target's variants in the latency table that
+    ``benchmarks/bench_shift_gemm.py --record`` writes on the target's machine, for this weight
+    shape and code width at the nearest measured row count. Without a measurement it takes the
+    target kind's default (``TARGET_VARIANTS``), and the reason says so.
     """
-    is_cuda = target_key.startswith("cuda")
+    kind = target_key.split("-")[0]
+    offered = TARGET_VARIANTS[kind]
     if requested != "auto":
-        if requested == DECODE_MMA and not is_cuda:
-            raise ValueError("the decode-mma shift kernel needs tensor cores: use it with --target cuda")
+        if requested not in offered:
+            raise ValueError(_WRONG_TARGET[requested])
         if requested == DECODE_MMA and min(d for d in (rows, in_features, out_features) if d) <= _MMA_MIN_DIM:
             return requested, f"requested; a dimension <= {_MMA_MIN_DIM}: DLight runs it without tensor cores"
         return requested, "requested"
-    if not is_cuda:
-        return ADD_ONLY, "the CPU kernel"
     entries = [
         e for e in _latency_table().get(target_key, [])
         if (e["in_features"], e["out_features"], e["bits"]) == (in_features, out_features, bits)
     ]
     if not entries:
-        return ADD_ONLY, f"default: no {target_key} latency measured for {in_features}x{out_features}"
+        return offered[0], f"default on {kind}: no {target_key} latency measured for {in_features}x{out_features}"
     nearest = min(entries, key=lambda e: abs(e["rows"] - (rows or e["rows"])))
-    timings = {variant: nearest["us"][variant] for variant in VARIANTS if variant in nearest["us"]}
+    timings = {variant: nearest["us"][variant] for variant in offered if variant in nearest["us"]}
     best = min(timings, key=timings.get)
     listed = ", ".join(f"{v} {t:.1f} us" for v, t in timings.items())
     return best, f"measured at {nearest['rows']} rows on {nearest['device']}: {listed}"
+
+
+_WRONG_TARGET = {
+    DECODE_MMA: "the decode-mma shift kernel needs tensor cores: use it with --target cuda",
+    DECODE_DENSE: "the decode-dense shift kernel is the CPU form: use it with --target llvm (on cuda: decode-mma)",
+}
 
 
 @functools.lru_cache(maxsize=1)

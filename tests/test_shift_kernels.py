@@ -103,6 +103,37 @@ def test_cpu_kernel_is_bit_exact_against_the_reference(rows, in_features, out_fe
     np.testing.assert_array_equal(run_cpu(kernel, x, encoded, bias), shift_codes.reference_matmul(x, encoded, bias))
 
 
+@pytest.mark.parametrize("rows,in_features,out_features,bits,with_bias", [
+    (197, 192, 96, 5, True),
+    (33, 70, 45, 5, False),    # N not a multiple of the vector width: a row/column tail
+    (17, 64, 40, 4, True),
+    (5, 13, 3, 4, False),
+])
+def test_cpu_decode_dense_kernel_matches_the_reference(rows, in_features, out_features, bits, with_bias):
+    """Exact products, float32 sums: equal to the reference up to summation order."""
+    rng = np.random.default_rng(rows)
+    weight = rng.standard_normal((in_features, out_features)).astype("float32")
+    weight[:, 0] = 0.0
+    encoded = shift_codes.encode(weight, bits)
+    x = rng.standard_normal((rows, in_features)).astype("float32")
+    bias = rng.standard_normal(out_features).astype("float32") if with_bias else None
+    kernel = build_kernel(rows, in_features, out_features, bits, with_bias, {"kind": "llvm"},
+                          shift_gemm.DECODE_DENSE)
+    out = run_cpu(kernel, x, encoded, bias)
+    expected = shift_codes.reference_matmul(x, encoded, bias)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert not out[:, 0].any() if bias is None else np.array_equal(out[:, 0], np.full(rows, bias[0]))
+
+
+def test_cpu_decode_dense_kernel_decodes_every_weight_exactly():
+    """One-hot rows read the decoded weights back: every code, sign and channel scale."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((24, 16)).astype("float32") * np.float32(2.0) ** rng.integers(-20, 20, 16)
+    encoded = shift_codes.encode(weight, 5)
+    kernel = build_kernel(24, 24, 16, 5, False, {"kind": "llvm"}, shift_gemm.DECODE_DENSE)
+    np.testing.assert_array_equal(run_cpu(kernel, np.eye(24, dtype="float32"), encoded, None), encoded.decode())
+
+
 def test_cpu_kernel_edge_values():
     """Products that underflow flush to zero, that overflow become inf; inf and NaN inputs pass."""
     weight = np.array([[2.0 ** 100, 1.0], [2.0 ** -100, 1.0]], "float32")
@@ -153,13 +184,18 @@ def test_cuda_decode_mma_kernel_runs_on_tensor_cores(cuda_codegen):
 
 
 def test_variant_choice_is_explained():
-    assert shift_gemm.choose_variant("llvm", 197, 192, 576, 5) == (shift_gemm.ADD_ONLY, "the CPU kernel")
+    variant, reason = shift_gemm.choose_variant("llvm-x86-64", 197, 192, 576, 5)
+    assert variant == shift_gemm.DECODE_DENSE
+    assert reason == "default on llvm: no llvm-x86-64 latency measured for 192x576"
+    assert shift_gemm.choose_variant("llvm-x86-64", 197, 192, 576, 5, "add-only") == ("add-only", "requested")
     variant, reason = shift_gemm.choose_variant("cuda-sm_99", 197, 192, 576, 5)
     assert variant == shift_gemm.ADD_ONLY and "no cuda-sm_99 latency measured" in reason
     assert shift_gemm.choose_variant("cuda-sm_90", 197, 192, 576, 5, "decode-mma") == ("decode-mma", "requested")
     assert "without tensor cores" in shift_gemm.choose_variant("cuda-sm_90", 3136, 32, 64, 5, "decode-mma")[1]
     with pytest.raises(ValueError, match="tensor cores"):
-        shift_gemm.choose_variant("llvm", 197, 192, 576, 5, "decode-mma")
+        shift_gemm.choose_variant("llvm-x86-64", 197, 192, 576, 5, "decode-mma")
+    with pytest.raises(ValueError, match="the decode-dense shift kernel is the CPU form"):
+        shift_gemm.choose_variant("cuda-sm_90", 197, 192, 576, 5, "decode-dense")
 
 
 def test_ptx_census_counts_float_multiplies():

@@ -90,6 +90,18 @@ def test_lossless_4_bit_codes_and_symbolic_batch(models):
     assert relative_error(run_module(result.output, x), expected) <= TOLERANCE
 
 
+def test_both_cpu_kernels_lower_the_model_exactly(models):
+    """``auto`` on a CPU without a latency measurement takes decode-dense (FMA on decoded weights);
+    the multiply-free add-only kernel stays available on request; both match the original."""
+    x = random_input(IMAGE, seed=6)
+    (expected,) = ort_outputs(models["deit-pow2"], {"x": x})
+    for kernel, chosen in (("auto", "decode-dense"), ("add-only", "add-only")):
+        result = saddc.compile(models["deit-pow2"], target="llvm", arch="x86-64-v3",
+                               shift=ShiftOptions("all", kernel=kernel), output=models["root"] / f"{kernel}.so")
+        assert {layer.kernel for layer in result.reports["shift"].layers} == {chosen}
+        assert relative_error(run_module(result.output, x), expected) <= TOLERANCE
+
+
 def test_lossy_rewrite_matches_the_rounded_reference_and_reports_error(models, tmp_path):
     calibration = random_input((4,) + IMAGE[1:], seed=7)
     options = ShiftOptions("all", lossy=True, calibration=calibration)

@@ -57,10 +57,11 @@ class AdditiveAttention(nn.Module):
 
     @classmethod
     def simhash(cls, heads: int, head_dim: int, bits: int = 16, seed: int = 0, block: int = 0,
-                form: str = "match") -> "AdditiveAttention":
+                form: str = "match", learn_projection: bool = False) -> "AdditiveAttention":
         """Random hyperplanes, the ones ``--attention additive --attention-seed seed`` draws for
         attention block ``block``."""
-        return cls(torch.from_numpy(simhash_projection(seed, block, heads, head_dim, bits)), form)
+        return cls(torch.from_numpy(simhash_projection(seed, block, heads, head_dim, bits)), form,
+                   learn_projection=learn_projection)
 
     @property
     def bits(self) -> int:
@@ -105,10 +106,11 @@ class TaylorAttention(nn.Module):
 
 
 def replace_attention(model: nn.Module, mode: str = "additive", form: str = "match", bits: int = 16,
-                      seed: int = 0, skip=()) -> nn.Module:
+                      seed: int = 0, skip=(), learn_projection: bool = False) -> nn.Module:
     """A copy of ``model`` whose ``SoftmaxAttention`` cores, numbered in module order (the order
     ``saddc`` numbers attention blocks in a model that runs its modules in definition order),
-    become what ``--attention mode`` makes of them; block indices in ``skip`` stay softmax."""
+    become what ``--attention mode`` makes of them; block indices in ``skip`` stay softmax.
+    ``learn_projection`` makes the additive cores' hash projections parameters (fine-tuning)."""
     if mode not in ("additive", "taylor"):
         raise ValueError(f"mode must be additive or taylor, got {mode!r}")
     model = copy.deepcopy(model)
@@ -116,7 +118,7 @@ def replace_attention(model: nn.Module, mode: str = "additive", form: str = "mat
     for block, (name, core) in enumerate(cores):
         if block in skip:
             continue
-        new = (AdditiveAttention.simhash(core.heads, core.head_dim, bits, seed, block, form)
+        new = (AdditiveAttention.simhash(core.heads, core.head_dim, bits, seed, block, form, learn_projection)
                if mode == "additive" else TaylorAttention())
         parent, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent), attribute, new)
