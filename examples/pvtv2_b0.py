@@ -2,8 +2,10 @@
 depthwise 3x3 conv in its MLP.
 
 Defaults give PVTv2-b0 (224x224; dims 32/64/160/256, depths 2/2/2/2, heads 1/2/5/8,
-spatial reduction 8/4/2/1, MLP ratios 8/8/4/4; 3.7 M parameters). Each block's attention
-core is ``saddc.nn.SoftmaxAttention``; ``saddc.nn.replace_attention`` swaps it.
+spatial reduction 8/4/2/1, MLP ratios 8/8/4/4; 3.7 M parameters). ``stem`` is the first
+patch embedding's (kernel, stride): (7, 4) as in the paper; small images want a finer one.
+Each block's attention core is ``saddc.nn.SoftmaxAttention``; ``saddc.nn.replace_attention``
+swaps it.
 """
 
 import torch
@@ -77,12 +79,13 @@ class Block(nn.Module):
 
 class PVTv2(nn.Module):
     def __init__(self, img_size=224, in_chans=3, num_classes=1000, dims=(32, 64, 160, 256),
-                 depths=(2, 2, 2, 2), heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratios=(8, 8, 4, 4)):
+                 depths=(2, 2, 2, 2), heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratios=(8, 8, 4, 4),
+                 stem=(7, 4)):
         super().__init__()
-        del img_size  # any size divisible by 32 works; kept for a uniform constructor
+        del img_size  # the convs take any input size; kept for a uniform constructor
         self.embeds, self.stages, self.norms = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i, dim in enumerate(dims):
-            patch, stride = (7, 4) if i == 0 else (3, 2)
+            patch, stride = stem if i == 0 else (3, 2)
             self.embeds.append(OverlapPatchEmbed(in_chans if i == 0 else dims[i - 1], dim, patch, stride))
             self.stages.append(nn.ModuleList(
                 Block(dim, heads[i], sr_ratios[i], mlp_ratios[i]) for _ in range(depths[i])

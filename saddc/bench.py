@@ -40,6 +40,10 @@ VARIANT_FLAGS = {
     "fp16": "--dtype float16",
 }
 TOP_KERNELS = 8
+# A pause after timing each runner. ONNX Runtime's worker threads keep spinning after its last
+# call (its default, which makes back-to-back calls fast) and slowed the module timed next by
+# up to 2x on two cores, fading over about 200 ms.
+SETTLE_SECONDS = 0.2
 
 
 @dataclass
@@ -132,7 +136,8 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
         "benchmark": "saddc bench", "model": plan["model"], "target": plan["target_description"],
         "machine": benchmarking.machine(is_cuda), "date": benchmarking.now(),
         "baseline": "onnxruntime" if not is_cuda else "tvm default",
-        "method": f"median and spread of {repeat} rounds; each round times every runner once, averaging "
+        "method": f"median and spread of {repeat} rounds; each round times every runner once (then pauses "
+                  f"{SETTLE_SECONDS} s), averaging "
                   f"calls that fill >= {min_repeat_ms} ms after a warm-up; one process",
         "rows": rows, "slowest_kernels": kernels,
     }
@@ -193,10 +198,11 @@ def _torch_runners(spec: str, x: np.ndarray, is_cuda: bool) -> list[Runner]:
     return runners
 
 
-def time_side_by_side(runners: list[Runner], repeat: int, min_repeat_ms: int, desc: str) -> dict[str, list[float]]:
+def time_side_by_side(runners: list[Runner], repeat: int, min_repeat_ms: int, desc: str,
+                      progress: bool = True) -> dict[str, list[float]]:
     """Seconds per call of each runner in each of ``repeat`` rounds; every round times every
     runner once, after one warm-up call each (and compilation, for torch.compile) that is not
-    timed."""
+    timed, and pauses ``SETTLE_SECONDS`` after each."""
     # pylint: disable=import-outside-toplevel
     from tqdm import tqdm
 
@@ -204,9 +210,11 @@ def time_side_by_side(runners: list[Runner], repeat: int, min_repeat_ms: int, de
     for runner in runners:
         runner.call()
         runner.sync()
-    for _ in tqdm(range(repeat), desc=desc, file=sys.stderr):
+    time.sleep(SETTLE_SECONDS)
+    for _ in tqdm(range(repeat), desc=desc, file=sys.stderr, disable=not progress):
         for runner in runners:
             seconds[runner.name].append(_seconds_per_call(runner, min_repeat_ms))
+            time.sleep(SETTLE_SECONDS)
     return seconds
 
 

@@ -404,7 +404,7 @@ def cmd_finetune(args) -> int:
     x_train, x_test = (torch.from_numpy(data[k].astype("float32")) for k in ("x_train", "x_test"))
     y_train, y_test = (torch.from_numpy(data[k].astype("int64")) for k in ("y_train", "y_test"))
     try:
-        reparameterized = finetune.reparameterize(model, args.rewrite)
+        reparameterized = finetune.reparameterize(model, args.rewrite, calibration=x_train[:finetune.CALIBRATION_IMAGES])
     except ValueError as err:
         raise SaddcError(str(err)) from None
     before = finetune.top1(finetune.predict(reparameterized.model, x_test), y_test)

@@ -14,9 +14,9 @@ Rewrites (``REWRITES``), for a model whose attention cores are ``saddc.nn.Softma
 - ``additive``     binary-coded additive attention with learned projections (straight-through
                    codes)
 - ``taylor``       first-order Taylor attention
-- ``moe-0.5``, ``moe-0.75``  the MLPs' linears as Mult/Shift ``MoELinear``, trained with the
-                   latency-aware balancing loss weighted so that the balanced split sends that
-                   fraction of tokens to Shift
+- ``moe-0.5``, ``moe-0.75``  the MLPs' linears as Mult/Shift ``MoELinear``, routers starting
+                   from that fraction of tokens on Shift (given calibration images), trained with
+                   the latency-aware balancing loss weighted so that the balanced split keeps it
 - ``shiftaddvit``  ShiftAddViT's combination: shift q/k/v and projection linears, additive
                    attention, MoE MLPs (ratio 0.5)
 """
@@ -37,7 +37,8 @@ from torch import nn
 from tqdm import tqdm
 
 from saddc.config import FINETUNE_REWRITES, AttentionOptions, ShiftOptions
-from saddc.nn import MoELinear, ShiftLinear, model_balance_loss, replace_attention, replace_linear_with_moe
+from saddc.nn import (MoELinear, ShiftLinear, calibrate_routers, model_balance_loss, replace_attention,
+                      replace_linear_with_moe)
 
 REWRITES = FINETUNE_REWRITES
 MLP_LINEARS = "*mlp.*"
@@ -45,6 +46,8 @@ ATTENTION_LINEARS = "*attn.*"
 # The weight of the balancing loss beside cross-entropy (ShiftAddViT uses 0.01 on ImageNet; a
 # small model with few tokens needs a firmer push to reach the target split).
 BALANCE_WEIGHT = 0.1
+# Training images that set MoE routers' starting split (``reparameterize(calibration=...)``).
+CALIBRATION_IMAGES = 256
 
 
 @dataclasses.dataclass
@@ -95,10 +98,19 @@ class Reparameterization:
 
 
 def reparameterize(model: nn.Module, rewrite: str, bits: int = 5, attention_bits: int = 16,
-                   seed: int = 0) -> Reparameterization:
-    """A copy of ``model`` with ``rewrite`` made with trainable saddc modules (see the module doc)."""
+                   seed: int = 0, calibration: torch.Tensor | None = None) -> Reparameterization:
+    """A copy of ``model`` with ``rewrite`` made with trainable saddc modules (see the module doc).
+    With ``calibration`` images, MoE routers start from the target split on their tokens
+    (``saddc.nn.calibrate_routers``) instead of their random initialization's."""
     if rewrite not in REWRITES:
         raise ValueError(f"unknown rewrite {rewrite!r} (choose from: {', '.join(REWRITES)})")
+    # Routers initialize from torch's generator: seed it, without disturbing the caller's.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _reparameterize(model, rewrite, bits, attention_bits, seed, calibration)
+
+
+def _reparameterize(model, rewrite, bits, attention_bits, seed, calibration) -> Reparameterization:
     if rewrite in ("additive", "taylor", "shiftaddvit"):
         mode = "taylor" if rewrite == "taylor" else "additive"
         model = replace_attention(model, mode, bits=attention_bits, seed=seed, learn_projection=True)
@@ -114,6 +126,8 @@ def reparameterize(model: nn.Module, rewrite: str, bits: int = 5, attention_bits
         model, shift_ratio = replace_linear_with_moe(model, MLP_LINEARS, bits=bits), 0.5
     elif rewrite.startswith("moe-"):
         model, shift_ratio = replace_linear_with_moe(model, MLP_LINEARS, bits=bits), float(rewrite[4:])
+    if shift_ratio is not None and calibration is not None:
+        calibrate_routers(model, calibration, shift_ratio)
     return Reparameterization(model.eval(), rewrite, shift_ratio)
 
 

@@ -68,6 +68,17 @@ def test_reparameterize_uses_the_trainable_modules():
         finetune.reparameterize(model, "shift-some")
 
 
+def test_moe_routers_start_from_the_target_split_and_the_same_seed_gives_the_same_model(data):
+    images, _ = data
+    first = finetune.reparameterize(build("deit-own-fused"), "moe-0.75", calibration=images).model
+    second = finetune.reparameterize(build("deit-own-fused"), "moe-0.75", calibration=images).model
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    first.train()(images)
+    fractions = [m.shift_fraction() for m in first.modules() if isinstance(m, MoELinear)]
+    assert len(fractions) == 4 and all(abs(f - 0.75) < 0.01 for f in fractions)
+
+
 def test_top1():
     assert finetune.top1([1, 2, 3, 4], [1, 2, 0, 0]) == 50.0
 

@@ -8,7 +8,8 @@ import torch
 
 from conftest import ort_outputs
 from saddc.frontends.torch_export import export_onnx
-from saddc.nn import MoELinear, Routing, ShiftLinear, balance_loss, model_balance_loss, rounded_to_shift
+from saddc.nn import (MoELinear, Routing, ShiftLinear, balance_loss, calibrate_routers, model_balance_loss,
+                      rounded_to_shift)
 from saddc.schedules import shift_codes
 
 
@@ -65,6 +66,20 @@ def test_latency_weights_move_tokens_to_the_faster_expert():
     assert shift_faster > balanced + 0.1 and mult_faster < balanced - 0.1
     assert abs(shift_faster - 0.75) < 0.1, "latency * tokens equal: 3:1 latencies give 1:3 tokens"
 
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.75, 1.0])
+def test_calibrated_routers_send_the_ratio_of_tokens_to_shift_in_every_layer(ratio):
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(MoELinear(8, 16), torch.nn.GELU(), MoELinear(16, 8))
+    x = torch.randn(40, 5, 8)
+    calibrate_routers(model, x, ratio)
+    assert not model.training
+    model.train()(x)
+    for layer in (model[0], model[2]):
+        assert abs(layer.shift_fraction() - ratio) <= 1 / 200  # one token of the 200
+    with pytest.raises(ValueError, match="shift_ratio must be in"):
+        calibrate_routers(model, x, 1.5)
 
 
 def test_latencies_measured_from_compiled_kernels_set_the_split(tmp_path):

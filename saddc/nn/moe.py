@@ -106,6 +106,30 @@ def replace_linear_with_moe(model: torch.nn.Module, include: str = "*mlp.*", exc
     return model
 
 
+@torch.no_grad()
+def calibrate_routers(model: torch.nn.Module, images: torch.Tensor, shift_ratio: float) -> torch.nn.Module:
+    """Shift each ``MoELinear`` router's Shift bias so that it sends ``shift_ratio`` of the
+    tokens of ``images`` to Shift (the split a fresh router starts fine-tuning from, instead of
+    whatever its random initialization gives). Layers are set in order, each seeing the
+    routing of those before it; returns ``model``, in eval mode."""
+    if not 0.0 <= shift_ratio <= 1.0:
+        raise ValueError(f"shift_ratio must be in [0, 1], got {shift_ratio}")
+    model.eval()
+    for layer in [m for m in model.modules() if isinstance(m, MoELinear)]:
+        inputs = []
+        handle = layer.register_forward_pre_hook(lambda _module, args: inputs.append(args[0]))
+        try:
+            model(images)
+        finally:
+            handle.remove()
+        logits = layer.router(torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs]))
+        # A token goes to Shift when its Shift logit is the larger: move the margin's
+        # (1 - ratio) quantile to zero.
+        margin = logits[:, SHIFT] - logits[:, MULT]
+        layer.router.bias[SHIFT] -= torch.quantile(margin, 1.0 - shift_ratio)
+    return model
+
+
 def _cv_squared(values: torch.Tensor) -> torch.Tensor:
     return values.var(unbiased=False) / (values.mean() ** 2 + 1e-10)
 
