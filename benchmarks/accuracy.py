@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rewrites {unknown} (choose from: {', '.join(finetune.REWRITES)})")
     pretrained = json.loads(pretrain.RECORD.read_text())
-    torch.manual_seed(0)
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as scratch, \

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 from deit_tiny import deit_tiny  # noqa: E402
 from pvtv2_b0 import pvtv2_b0  # noqa: E402
+from saddc import finetune  # noqa: E402
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 RECORD = CHECKPOINTS / "pretrained.json"
@@ -90,10 +91,8 @@ def train(network: nn.Module, split: datasets.Split, epochs: int, progress: bool
     network.eval()
 
 
-@torch.no_grad()
 def test_top1(network: nn.Module, split: datasets.Split) -> float:
-    predictions = torch.cat([network(chunk).argmax(-1) for chunk in torch.from_numpy(split.x_test).split(500)])
-    return 100.0 * float((predictions.numpy() == split.y_test).mean())
+    return finetune.top1(finetune.predict(network, torch.from_numpy(split.x_test)), split.y_test)
 
 
 def main() -> int:

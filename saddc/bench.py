@@ -2,9 +2,9 @@
 
 Runners: ONNX Runtime on the original model (CPU), TVM's default Relax pipeline, PyTorch eager
 when a torch model is given (and ``torch.compile`` and fp16 eager on a GPU), saddc with no
-rewrite, with each rewrite, with ShiftAddViT's combination, and in fp16 (cuda by default). Every repeat round times each runner once (calls
-averaged over ``min_repeat_ms``, warm-up excluded), so load on a noisy machine falls on all of
-them alike; figures are the median and the spread (max - min over median) of the rounds.
+rewrite, with each rewrite, with ShiftAddViT's combination, and in fp16 (cuda by default).
+Every repeat round times each runner once (calls averaged over ``min_repeat_ms``, warm-up
+excluded), so load on a noisy machine falls on all of them alike; figures are the median and the spread (max - min over median) of the rounds.
 
 For ``cuda`` the work splits like the benchmark scripts': ``--build-only DIR`` compiles here
 (nvcc, no GPU needed) and ``--run DIR`` times on the GPU machine with TVM's runtime alone.

@@ -11,8 +11,8 @@ Two expert kinds:
 - ``dense`` (the Mult expert): float32 weights (K, N), multiply-add;
 - ``shift`` (the Shift expert): weights in the packed power-of-two format (shift_codes). On
   CUDA each product is an exponent-field add (``shift_gemm.shifted_product``): no float
-  multiply. On the CPU, where that product costs about eight integer instructions to an FMA's
-  one, the kernel decodes the codes to the exact fp32 weights once per call (as the shift
+  multiply. On the CPU, where that product costs about 15 integer and select instructions to
+  an FMA's one, the kernel decodes the codes to the exact fp32 weights once per call (as the shift
   GEMM's ``decode-dense`` variant does) and runs the dense body on them.
 
 Both kernels work on tiles of ``rows`` rows that share each weight load. A tile wholly inside

@@ -15,7 +15,8 @@ an Inf or NaN activation passes through.
 matmul (``cpu_matmul.register_block``) runs on them. The packed codes stay the module's weights
 (5/32 of the fp32 bytes); the products are exact, so the result matches add-only up to
 summation order (a product below fp32's normal range is not flushed). On x86 an FMA is one
-instruction where the shift product is about eight integer ones, so this is the fast CPU form.
+instruction where the shift product is about 15 integer and select ones, so this is the fast CPU
+form.
 
 ``decode-mma`` (CUDA). The codes are decoded to fp16 with bit operations (sign, and the level
 as the fp16 exponent field: 5-bit levels are exactly fp16's normal range 2^[-14, 0]), the
@@ -23,7 +24,7 @@ activations are cast to fp16, and DLight's tensor-core matmul rule runs the GEMM
 accumulation; the channel scale ``2^e_n`` and the bias are applied in the epilogue. It trades
 fp16 rounding of the activations for tensor-core throughput.
 
-The CUDA and CPU schedules of the kernels are below, beside its compute definition;
+The CUDA and CPU schedules of the kernels are below, beside their compute definitions;
 ``reference`` (numpy) is ``shift_codes.reference_matmul``.
 """
 

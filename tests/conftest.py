@@ -57,6 +57,22 @@ def run_saddc(*args, env=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+def write_finetune_inputs(root: Path, images: np.ndarray, labels: np.ndarray, test_images: int) -> Path:
+    """What ``saddc finetune`` takes, in ``root``: ``vit.py`` (FACTORY ``vit``, the test zoo's
+    small fused-qkv DeiT), its weights ``vit.pt``, and ``data.npz`` (the first ``test_images``
+    images double as the test split)."""
+    import torch
+    from model_zoo import build
+
+    (root / "vit.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'examples')!r})\nfrom deit_tiny import deit_tiny\n\n\n"
+        "def vit():\n    return deit_tiny(img_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=10)\n")
+    torch.save(build("deit-own-fused").state_dict(), root / "vit.pt")
+    np.savez(root / "data.npz", x_train=images, y_train=labels, x_test=images[:test_images],
+             y_test=labels[:test_images])
+    return root
+
+
 def build_te_kernel(compute, inputs, schedule_module, target, **kwargs):
     """Compile ``compute(*inputs, **kwargs)`` (TE placeholders in, tensors out) with the schedule
     that ``schedule_module.schedule`` gives it for ``target`` (a dict)."""

@@ -1,14 +1,12 @@
 """saddc.finetune: every rewrite trains through its modules, exports, compiles through the exact
 lowering paths, and the compiled module predicts what the fine-tuned torch model predicts."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import saddc
-from conftest import run_saddc
+from conftest import run_saddc, write_finetune_inputs
 from model_zoo import build
 from saddc import finetune
 from saddc.frontends.torch_export import export_onnx
@@ -85,16 +83,8 @@ def test_top1():
 
 @pytest.fixture(scope="module")
 def cli_inputs(tmp_path_factory, data):
-    root = tmp_path_factory.mktemp("finetune-cli")
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    (root / "vit.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(examples)!r})\nfrom deit_tiny import deit_tiny\n\n\n"
-        "def vit():\n    return deit_tiny(img_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=10)\n")
-    torch.save(build("deit-own-fused").state_dict(), root / "vit.pt")
     images, labels = data
-    np.savez(root / "data.npz", x_train=images.numpy(), y_train=labels.numpy(), x_test=images[:32].numpy(),
-             y_test=labels[:32].numpy())
-    return root
+    return write_finetune_inputs(tmp_path_factory.mktemp("finetune-cli"), images.numpy(), labels.numpy(), 32)
 
 
 def test_cli_finetunes_exports_and_prints_the_compile_command(cli_inputs, tmp_path):

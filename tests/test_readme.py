@@ -5,27 +5,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from conftest import random_input
+from conftest import random_input, write_finetune_inputs
 from model_zoo import IMAGE, build
 from saddc.frontends.torch_export import export_onnx
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-EXAMPLES = README.parent / "examples"
 
 
 def test_readme_python_examples_run(tmp_path):
     export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)), tmp_path / "model.onnx", "legacy", 17)
     # The fine-tuning example's FILE.py:FACTORY, weights and data.
-    (tmp_path / "vit.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(EXAMPLES)!r})\nfrom deit_tiny import deit_tiny\n\n\n"
-        "def vit():\n    return deit_tiny(img_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=10)\n")
-    torch.save(build("deit-own-fused").state_dict(), tmp_path / "vit.pt")
     images = random_input((48,) + IMAGE[1:])
-    labels = (images.mean(axis=(1, 2, 3)) > 0).astype("int64")
-    np.savez(tmp_path / "data.npz", x_train=images, y_train=labels, x_test=images[:16], y_test=labels[:16])
+    write_finetune_inputs(tmp_path, images, (images.mean(axis=(1, 2, 3)) > 0).astype("int64"), 16)
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     for index, block in enumerate(blocks):
