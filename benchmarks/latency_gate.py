@@ -5,9 +5,10 @@ against a fixed reference kernel in the same process, compared with a committed 
     python benchmarks/latency_gate.py --update        # measure and write the baseline
 
 Modules: a two-block DeiT-Tiny (the example model, batch 1) compiled plain, with ``--shift all
---shift-lossy``, ``--attention additive`` and ``--moe mlp``, which between them run every kind
-of kernel saddc emits (its CPU matmul and injective rules, DLight's reductions, the shift GEMM,
-the add kernels, the MoE dispatch). Kernels are named without TVM's numbering
+--shift-lossy``, ``--attention additive`` and ``--moe mlp``, and a PVTv2-b0 with one block a
+stage compiled plain, which between them run every kind of kernel saddc emits (its CPU matmul,
+depthwise-conv and injective rules, im2col, DLight's reductions, the shift GEMM, the add
+kernels, the MoE dispatch). Kernels are named without TVM's numbering
 (``fused_matmul5_add8`` -> ``fused_matmul_add``), the time of the kernels sharing a name summed.
 
 Method: each repeat times the reference (a 256x256x256 matmul whose schedule is fixed here,
@@ -44,9 +45,10 @@ TOLERANCE = 1.0
 # Kernels shorter than this fraction of the reference (about 20 us here) are listed, not gated:
 # at that length the timer's own noise is tens of percent.
 MIN_RATIO = 0.02
-CASES = ("plain", "shift", "additive", "moe")
+# Each case: the example model it compiles, and the saddc bench variant it compiles it as.
+CASES = {"plain": ("deit", "plain"), "shift": ("deit", "shift"), "additive": ("deit", "additive"),
+         "moe": ("deit", "moe"), "pvt": ("pvt", "plain")}
 REFERENCE_SIZE = 256
-DEPTH = 2
 
 
 def reference_kernel(target):
@@ -83,31 +85,35 @@ def kernel_family(symbol: str) -> str:
     return re.sub(r"(?<=[a-z])\d+(?=_|$)", "", symbol)
 
 
-def compile_cases(out_dir: Path, target: str, names=CASES) -> dict[str, Path]:
-    """The example model, exported and compiled once per case: {case: module path}."""
+def compile_cases(out_dir: Path, target: str, names=tuple(CASES)) -> dict[str, Path]:
+    """The example models, exported once each and compiled once per case: {case: module path}."""
     # pylint: disable=import-outside-toplevel
     import torch
 
     sys.path.insert(0, str(ROOT / "examples"))
     from deit_tiny import deit_tiny
+    from pvtv2_b0 import pvtv2_b0
 
     import saddc
     from saddc.bench import variant_options
     from saddc.frontends.torch_export import export_onnx
 
-    torch.manual_seed(0)
+    factories = {"deit": lambda: deit_tiny(depth=2), "pvt": lambda: pvtv2_b0(depths=(1, 1, 1, 1))}
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32"))
-    onnx_path = export_onnx(deit_tiny(depth=DEPTH).eval(), x, out_dir / "deit.onnx", "legacy", 17)
     calibration = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype("float32")
-    modules = {}
-    for case in names:  # each case is the saddc bench variant of its name
+    models, modules = {}, {}
+    for case in names:
+        model, variant = CASES[case]
+        if model not in models:
+            torch.manual_seed(0)
+            models[model] = export_onnx(factories[model]().eval(), x, out_dir / f"{model}.onnx", "legacy", 17)
         print(f"compiling {case}", file=sys.stderr)
-        modules[case] = saddc.compile(onnx_path, target=target, output=out_dir / f"{case}.so",
-                                      **variant_options(case, calibration)).output
+        modules[case] = saddc.compile(models[model], target=target, output=out_dir / f"{case}.so",
+                                      **variant_options(variant, calibration)).output
     return modules
 
 
-def measure(target: str = "llvm", repeat: int = 7, cases=CASES) -> dict:
+def measure(target: str = "llvm", repeat: int = 7, cases=tuple(CASES)) -> dict:
     """``{case: {kernel family: ratio to the reference}}``, and the reference's time."""
     # pylint: disable=import-outside-toplevel
     from tqdm import tqdm
@@ -179,6 +185,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--cases", default=",".join(CASES), help=f"modules to time (default {','.join(CASES)})")
     args = parser.parse_args()
+    unknown = set(args.cases.split(",")) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)} (choose from {', '.join(CASES)})")
     os.environ["TVM_NUM_THREADS"] = "1"  # before the first parallel loop starts TVM's thread pool
     if not args.update and not args.baseline.exists():
         print(f"error: no baseline at {args.baseline}: run with --update first", file=sys.stderr)

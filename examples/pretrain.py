@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,21 +72,11 @@ def load_pretrained(model: str, split: datasets.Split) -> nn.Module:
 
 
 def train(network: nn.Module, split: datasets.Split, epochs: int, progress: bool = True) -> None:
-    """AdamW with a cosine schedule and cross-entropy on the training split; seeded."""
-    torch.manual_seed(SEED)
-    images, labels = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=0.05)
-    steps = epochs * math.ceil(len(images) / BATCH_SIZE)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    network.train()
-    for _ in tqdm(range(epochs), desc=f"training on {split.name}", unit="epoch", disable=not progress):
-        for batch in torch.randperm(len(images)).split(BATCH_SIZE):
-            loss = nn.functional.cross_entropy(network(images[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    network.eval()
+    """``saddc.finetune``'s loop from scratch: AdamW with a cosine schedule and cross-entropy on
+    the training split, batches drawn with a fixed seed."""
+    finetune.finetune(finetune.Reparameterization(network, "original"), torch.from_numpy(split.x_train),
+                      torch.from_numpy(split.y_train), epochs, lr=LEARNING_RATE, batch_size=BATCH_SIZE, seed=SEED,
+                      progress=progress, desc=f"training on {split.name}")
 
 
 def test_top1(network: nn.Module, split: datasets.Split) -> float:
@@ -105,6 +93,7 @@ def main() -> int:
     for dataset in args.datasets.split(","):
         split = datasets.load(dataset)
         for model in args.models.split(","):
+            torch.manual_seed(SEED)  # each model starts the same whichever were trained before it
             network = build(model, split)
             start = time.perf_counter()
             train(network, split, EPOCHS[dataset])

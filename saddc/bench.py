@@ -38,6 +38,7 @@ VARIANT_FLAGS = {
     "moe": "--moe mlp",
     "shiftaddvit": "--shift attn --shift-lossy --attention additive --moe mlp",
     "fp16": "--dtype float16",
+    "untuned": "--db none",
 }
 TOP_KERNELS = 8
 # A pause after timing each runner. ONNX Runtime's worker threads keep spinning after its last
@@ -69,6 +70,7 @@ def variant_options(variant: str, calibration) -> dict:
         "moe": moe,
         "shiftaddvit": {"shift": ShiftOptions("attn", lossy=True, calibration=calibration), **additive, **moe},
         "fp16": {"dtype": "float16"},
+        "untuned": {"tuning_db": None},
     }[variant]
 
 
@@ -111,6 +113,8 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
     if len(modules["tvm default"].inputs) != 1:
         raise InputError("saddc bench times single-input models (an image batch)")
     rows, kernels = [], {}
+    machine = benchmarking.machine(is_cuda)
+    peak = benchmarking.gpu_peak(machine["gpu"]) if is_cuda else None
     for batch in batches:
         shape = [batch] + [int(d) for d in spec.shape[1:]]
         if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
@@ -127,14 +131,14 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
                          "flags": plan["modules"].get(runner.name, {}).get("flags"), "vs_reference": agreement})
         for name in ("saddc plain", "saddc shiftaddvit"):
             if name in modules and batch == batches[0]:
-                kernels[name] = _slowest_kernels(modules[name], x)
+                kernels[name] = _slowest_kernels(modules[name], x, peak)
     base = {r["batch"]: r["median_us"] for r in rows if r["runner"] == "onnxruntime"} or \
         {r["batch"]: r["median_us"] for r in rows if r["runner"] == "tvm default"}
     for row in rows:
         row["x_vs_baseline"] = base[row["batch"]] / row["median_us"]
     return {
         "benchmark": "saddc bench", "model": plan["model"], "target": plan["target_description"],
-        "machine": benchmarking.machine(is_cuda), "date": benchmarking.now(),
+        "machine": machine, "device_peak": peak, "date": benchmarking.now(),
         "baseline": "onnxruntime" if not is_cuda else "tvm default",
         "method": f"median and spread of {repeat} rounds; each round times every runner once (then pauses "
                   f"{SETTLE_SECONDS} s), averaging "
@@ -239,10 +243,22 @@ def _agreement(ours: np.ndarray, reference: np.ndarray) -> dict:
     return result
 
 
-def _slowest_kernels(module, x) -> list[dict]:
+def _slowest_kernels(module, x, peak: dict | None) -> list[dict]:
+    """The slowest kernels of ``module`` on ``x``: time over all calls, share, and the rates
+    achieved in one call (its estimated FLOPs and its arguments' bytes over its time), with
+    their fractions of the device's ``peak`` where known."""
     timings = module.time_kernels(x, repeat=3)
-    totals = [{"kernel": name, "calls": t["calls"], "total_us": t["calls"] * statistics.median(t["seconds"]) * 1e6}
-              for name, t in timings.items()]
+    totals = []
+    for name, timing in timings.items():
+        seconds = statistics.median(timing["seconds"])
+        kernel = {"kernel": name, "calls": timing["calls"], "total_us": timing["calls"] * seconds * 1e6,
+                  "gflop_per_s": None if timing["flops"] is None else timing["flops"] / seconds / 1e9,
+                  "gbyte_per_s": timing["bytes"] / seconds / 1e9}
+        if peak is not None:
+            kernel["peak_flops_fraction"] = (None if kernel["gflop_per_s"] is None
+                                             else kernel["gflop_per_s"] * 1e9 / peak["flops"])
+            kernel["peak_bandwidth_fraction"] = kernel["gbyte_per_s"] * 1e9 / peak["bytes_per_s"]
+        totals.append(kernel)
     everything = sum(k["total_us"] for k in totals)
     for kernel in totals:
         kernel["share"] = kernel["total_us"] / everything
@@ -261,10 +277,17 @@ def table(result: dict) -> list[str]:
             text += f", top-1 {agreement['top1_agreement']:.0%}"
         lines.append(f"{row['runner']:<20}{row['batch']:>6}{row['median_us'] / 1e3:>12.2f}{spread:>10.1f}"
                      f"{row['x_vs_baseline']:>8.2f}   {text}")
+    peak = result.get("device_peak")
     for name, kernels in result["slowest_kernels"].items():
-        lines.append(f"slowest kernels of {name} (batch {result['rows'][0]['batch']}):")
-        lines += [f"  {k['total_us'] / 1e3:8.2f} ms {100 * k['share']:5.1f}%  x{k['calls']:<3} {k['kernel']}"
-                  for k in kernels]
+        lines.append(f"slowest kernels of {name} (batch {result['rows'][0]['batch']}; a call's GFLOP/s and GB/s"
+                     + (", % of the device's fp32 and bandwidth peaks):" if peak else "):"))
+        for k in kernels:
+            flops = "-" if k["gflop_per_s"] is None else f"{k['gflop_per_s']:.1f}"
+            rates = f"{flops:>8} {k['gbyte_per_s']:7.1f}"
+            if peak:
+                flops_share = "-" if k["peak_flops_fraction"] is None else f"{100 * k['peak_flops_fraction']:.0f}%"
+                rates += f" {flops_share:>5} {100 * k['peak_bandwidth_fraction']:4.0f}%"
+            lines.append(f"  {k['total_us'] / 1e3:8.2f} ms {100 * k['share']:5.1f}%  x{k['calls']:<3} {rates}  {k['kernel']}")
     return lines
 
 

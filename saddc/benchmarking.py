@@ -43,6 +43,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+# Peak float32 (CUDA-core) arithmetic and memory bandwidth of the GPUs lent to this project, by
+# a substring of torch's device name (the first that matches): NVIDIA's data sheets.
+GPU_PEAKS = (
+    ("H200", {"flops": 67e12, "bytes_per_s": 4.8e12}),
+    ("H100 PCIe", {"flops": 51e12, "bytes_per_s": 2.0e12}),
+    ("H100", {"flops": 67e12, "bytes_per_s": 3.35e12}),
+)
+
+
+def gpu_peak(name: str) -> dict | None:
+    """``{"flops": per second, "bytes_per_s": ...}`` for a GPU named ``name``, or None."""
+    return next((peak for key, peak in GPU_PEAKS if key in name), None)
+
+
 def gpu_arch() -> str:
     """The first GPU's ``sm_XY``."""
     import torch  # pylint: disable=import-outside-toplevel

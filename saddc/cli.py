@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from saddc.config import (ATTENTION_FORMS, ATTENTION_MODES, AUTO_TUNING_DB, BENCH_VARIANTS, CPU_BENCH_VARIANTS,
-                          DTYPES, FINETUNE_REWRITES, MOE_DISPATCHES, SHIFT_KERNELS)
+                          CUDA_BENCH_VARIANTS, DTYPES, FINETUNE_REWRITES, MOE_DISPATCHES, SHIFT_KERNELS)
 from saddc.errors import SaddcError, SaddcWarning
 
 DESCRIPTION = """\
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--arch", help="as for compile")
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     bench.add_argument("--variants", help=f"saddc variants to time, from {','.join(BENCH_VARIANTS)} "
-                       "(default: all; on llvm all but fp16, which CPUs emulate)")
+                       "(default: all but untuned, the plain model without the shipped tuning database; "
+                       "on llvm all but that and fp16, which CPUs emulate)")
     bench.add_argument("--repeat", type=int, default=5, help="timing rounds (default 5)")
     bench.add_argument("--torch", metavar="FILE.py:FACTORY", help="a torch model to time too (eager; "
                        "torch.compile and fp16 eager on a GPU)")
@@ -231,7 +232,7 @@ def cmd_inspect(args) -> int:
     from saddc.config import LowerConfig
     from saddc.frontends import import_onnx
     from saddc.passes import (
-        RewritePatchEmbeddingToMatmul, find_attention_blocks, find_binary_codes, find_linear_layers,
+        RewriteConv2dToMatmul, find_attention_blocks, find_binary_codes, find_linear_layers,
         find_skipped_softmax,
     )
     from saddc.passes.find_binary_codes import group_blocks
@@ -240,7 +241,7 @@ def cmd_inspect(args) -> int:
 
     imported = import_onnx(args.model)
     # Show a patch embedding conv as the linear layer --shift patch-embed turns it into.
-    passes = cleanup_passes(LowerConfig()) + [RewritePatchEmbeddingToMatmul()]
+    passes = cleanup_passes(LowerConfig()) + [RewriteConv2dToMatmul(patch_embeddings_only=True)]
     mod = tvm.transform.Sequential(passes)(imported.mod)
     print(f"model: {args.model} (opset {imported.opset}, {imported.producer or 'unknown producer'})")
     for spec in imported.inputs:
@@ -319,7 +320,7 @@ def cmd_bench(args) -> int:
     from saddc import bench
     from saddc.artifacts import prepare_directory
 
-    default = BENCH_VARIANTS if args.target == "cuda" else CPU_BENCH_VARIANTS
+    default = CUDA_BENCH_VARIANTS if args.target == "cuda" else CPU_BENCH_VARIANTS
     variants = [v for v in args.variants.split(",") if v] if args.variants else list(default)
     unknown = sorted(set(variants) - set(BENCH_VARIANTS))
     if unknown:

@@ -137,9 +137,12 @@ FINETUNE_REWRITES = ("original", "shift-mlp", "shift-all", "additive", "taylor",
 # Compute precisions of the non-saddc part of a model (saddc's kernels always run in float32).
 DTYPES = ("float32", "float16")
 # saddc bench's variants of a model (saddc.bench.VARIANT_FLAGS says what each compiles with).
-BENCH_VARIANTS = ("plain", "shift", "additive", "taylor", "moe", "shiftaddvit", "fp16")
-# fp16 is emulated on CPUs without fp16 arithmetic (seconds a layer): timed on cuda by default only.
-CPU_BENCH_VARIANTS = tuple(v for v in BENCH_VARIANTS if v != "fp16")
+BENCH_VARIANTS = ("plain", "shift", "additive", "taylor", "moe", "shiftaddvit", "fp16", "untuned")
+# Timed by default: all but "untuned" (plain without the shipped tuning database: it differs from
+# plain only where the database has records for the model's kernels, static shapes), and on the
+# CPU all but fp16 too (emulated on CPUs without fp16 arithmetic: seconds a layer).
+CUDA_BENCH_VARIANTS = tuple(v for v in BENCH_VARIANTS if v != "untuned")
+CPU_BENCH_VARIANTS = tuple(v for v in CUDA_BENCH_VARIANTS if v != "fp16")
 
 
 @dataclass
@@ -235,7 +238,10 @@ class LowerConfig:
 
     @property
     def rewrites(self) -> list[str]:
-        """Names of the reparameterizing rewrites that ran (the tuning database is no rewrite)."""
-        from saddc.passes.apply_tuning_database import TUNING_REPORT  # pylint: disable=import-outside-toplevel
+        """Names of the reparameterizing rewrites that ran (the tuning database and the kernel
+        work estimate are no rewrites)."""
+        # pylint: disable=import-outside-toplevel
+        from saddc.passes.apply_tuning_database import TUNING_REPORT
+        from saddc.passes.estimate_kernel_work import KERNEL_WORK_REPORT
 
-        return [name for name in self.reports if name != TUNING_REPORT]
+        return [name for name in self.reports if name not in (TUNING_REPORT, KERNEL_WORK_REPORT)]

@@ -150,9 +150,11 @@ class History:
 
 
 def finetune(reparameterized: Reparameterization, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-             lr: float = 5e-4, batch_size: int = 64, seed: int = 0, progress: bool = True) -> History:
+             lr: float = 5e-4, batch_size: int = 64, seed: int = 0, progress: bool = True,
+             desc: str | None = None) -> History:
     """Fine-tune the model in place with AdamW and a cosine schedule (cross-entropy, plus the
-    latency-aware balancing loss for MoE rewrites); leaves it in eval mode."""
+    latency-aware balancing loss for MoE rewrites); leaves it in eval mode. ``desc`` labels the
+    progress bar (default: "fine-tuning REWRITE")."""
     model = reparameterized.model
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -162,7 +164,7 @@ def finetune(reparameterized: Reparameterization, images: torch.Tensor, labels: 
     # Balanced when latency x tokens is equal: weights (R, 1 - R) make Shift's share R.
     latency = None if ratio is None else (ratio, 1.0 - ratio)
     history = History()
-    for _ in tqdm(range(epochs), desc=f"fine-tuning {reparameterized.rewrite}", unit="epoch",
+    for _ in tqdm(range(epochs), desc=desc or f"fine-tuning {reparameterized.rewrite}", unit="epoch",
                   disable=not progress, file=sys.stderr):
         model.train()
         total, fractions = 0.0, []

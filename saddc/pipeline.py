@@ -5,9 +5,11 @@
     reparameterize   saddc's rewrites: lossless lowerings of what the model already computes
                      (MoE layers, always; binary-coded attention), then the lossy ones as
                      configured (MoE from plain layers, shift, attention replacement)
-    legalize         Relax ops to TIR (a patch embedding's conv as a matmul), fused
-    schedule         kernel schedules for the target: saddc's kernels, then DLight's rules and
-                     saddc's CPU matmul and injective rules for the rest
+    legalize         Relax ops to TIR (one-group convs as matmuls over their patches), fused;
+                     each kernel's arithmetic estimated (for the benchmarks' FLOP rates)
+    schedule         kernel schedules for the target: a tuning database's records, saddc's
+                     kernels, then DLight's rules and saddc's CPU matmul, depthwise-conv and
+                     injective rules for the rest
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 
 Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.
@@ -62,7 +64,7 @@ def reparameterize_passes(config: LowerConfig) -> list:
     # pylint: disable=import-outside-toplevel
     from saddc.passes import (
         BuildMoEFromLinear, LowerBinaryCodedAttention, LowerMoEDispatch, ReplaceSoftmaxAttention,
-        RewriteLinearToShift, RewritePatchEmbeddingToMatmul,
+        RewriteConv2dToMatmul, RewriteLinearToShift,
     )
 
     attention = config.attention
@@ -74,7 +76,7 @@ def reparameterize_passes(config: LowerConfig) -> list:
         passes.append(BuildMoEFromLinear(config.moe, config.target, config.layer_names, config.reports))
     if config.shift is not None:
         if "patch-embed" in config.shift.roles:
-            passes.append(RewritePatchEmbeddingToMatmul())
+            passes.append(RewriteConv2dToMatmul(patch_embeddings_only=True))
         passes.append(RewriteLinearToShift(config.shift, config.target, config.layer_names, config.reports))
     if attention is not None:
         passes.append(ReplaceSoftmaxAttention(attention, config.reports))
@@ -104,21 +106,26 @@ def _fast_math_legalizations() -> dict:
 
 
 def legalize_passes(config: LowerConfig) -> list:
-    from saddc.passes import ConvertToFloat16, RewritePatchEmbeddingToMatmul  # pylint: disable=import-outside-toplevel
+    from saddc.passes import (  # pylint: disable=import-outside-toplevel
+        ConvertToFloat16, EstimateKernelWork, RewriteConv2dToMatmul,
+    )
 
     # TVM's backends bundle legalization with their DLight schedule; saddc keeps them apart so
     # that its own kernels (already scheduled) and tuned records slot in before DLight runs.
-    # A patch embedding's conv is a matmul over patches: so it gets the matmul schedules.
-    # Mixed precision converts the graph's own ops, so it runs before they are legalized.
-    precision = [ConvertToFloat16()] if config.dtype == "float16" else []
+    # Mixed precision converts the graph's own ops, so it runs before they are legalized, and
+    # before convs become im2col kernels, which it cannot convert around (the constant fold
+    # turns its casts of the weights into fp16 constants). A one-group conv is a matmul over
+    # patches: so it gets the matmul schedules.
+    precision = [ConvertToFloat16(), relax.transform.FoldConstant()] if config.dtype == "float16" else []
     return [
-        RewritePatchEmbeddingToMatmul(),
         *precision,
+        RewriteConv2dToMatmul(),
         relax.transform.LegalizeOps(None if config.target.is_cuda else _fast_math_legalizations()),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        EstimateKernelWork(config.reports),
     ]
 
 
@@ -127,18 +134,19 @@ def schedule_rules(config: LowerConfig) -> list:
     # pylint: disable=import-outside-toplevel
     from tvm.s_tir import dlight as dl
 
+    from saddc.schedules.cpu_depthwise_conv import CPUDepthwiseConv
     from saddc.schedules.cpu_injective import CPUInjective
     from saddc.schedules.cpu_matmul import CPUMatmul
     from saddc.schedules.rules import FallThroughOnError, SaddcKernels
 
     # saddc's kernels carry their own schedules; the rest of the model goes to DLight's rules,
-    # on the CPU with saddc's matmul and injective rules beside DLight's reductions. The
-    # injective rule goes before DLight's GEMV, which asserts on a reduction over one element
-    # (LeViT's K=1 matmuls) that normalizes to an injective block.
+    # on the CPU with saddc's matmul, depthwise-conv and injective rules beside DLight's
+    # reductions. The injective rule goes before DLight's GEMV, which asserts on a reduction
+    # over one element (LeViT's K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
         return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [SaddcKernels(), CPUMatmul(), CPUInjective(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def schedule_passes(config: LowerConfig) -> list:

@@ -76,7 +76,10 @@ class CompiledModule:
     def time_kernels(self, *arrays: np.ndarray, repeat: int = 5, min_repeat_ms: int = 20) -> dict[str, dict]:
         """Each kernel (compiled TIR function) of ``main``, timed alone: ``{name: {"calls": how
         many times one call of main runs it, "seconds": seconds per kernel call, one figure per
-        repeat}}``. Each kernel is timed on a copy of the arguments of its first call, with TVM's
+        repeat, "bytes": the size of its tensor arguments (what it must at least read and
+        write), "flops": its estimated operations (the manifest's ``kernel_flops``, scaled by
+        the batch when the first input's is symbolic; None where the compile did not estimate
+        them)}}``. Each kernel is timed on a copy of the arguments of its first call, with TVM's
         time evaluator (warm-up excluded, calls averaged over ``min_repeat_ms``)."""
         tensors = self._tensors(arrays)
         calls: dict[str, list] = {}
@@ -94,11 +97,15 @@ class CompiledModule:
             self._main(*tensors)
         finally:
             self._vm.set_instrument(None)
+        flops = self.manifest.get("kernel_flops", {})
+        batch = arrays[0].shape[0] if self.inputs and not isinstance(self.inputs[0].shape[0], int) else 1
         timings = {}
         for symbol, (count, args) in calls.items():
             owner = next(m for m in (self._library, *self._library.imports) if m.implements_function(symbol, False))
             timer = owner.time_evaluator(symbol, self.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-            timings[symbol] = {"calls": count, "seconds": list(timer(*args).results)}
+            timings[symbol] = {"calls": count, "seconds": list(timer(*args).results),
+                               "bytes": sum(_nbytes(arg) for arg in args),
+                               "flops": flops[symbol] * batch if symbol in flops else None}
         return timings
 
     def _run_checked(self, arrays) -> list[np.ndarray]:
@@ -136,6 +143,14 @@ def _copy(value, device):
     import tvm  # pylint: disable=import-outside-toplevel
 
     return tvm.runtime.tensor(value.numpy(), device) if isinstance(value, tvm.runtime.Tensor) else value
+
+
+def _nbytes(value) -> int:
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(value, tvm.runtime.Tensor):
+        return 0
+    return int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize
 
 
 def physical_cores() -> int:

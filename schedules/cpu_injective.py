@@ -3,9 +3,15 @@ reshapes, concatenations, gathers), which a legalized module runs on one thread,
 a time.
 
 Every block but the last is inlined into its consumers, so the function makes one pass over
-its output; that pass runs its outer loops fused and parallel and, when the innermost extent is
-a multiple of the SIMD width, its innermost loop in vector lanes. Functions whose blocks
-cannot all be inlined fall through to the next rule.
+its output; that pass runs its leading loops fused and parallel (as few as give ``TASKS``
+iterations: each fused loop costs an integer division per iteration to recover its indices,
+which dominates when the inner loops are short, as in an im2col's) and, when the innermost
+extent is a multiple of the SIMD width, its innermost loop in vector lanes. A transpose (the
+innermost dimension of an input indexed by an outer loop) runs in LANES x LANES tiles, that
+loop split to LANES rows just outside the vector loop: the LANES input rows a tile reads stay
+in cache while it writes LANES output rows, where a plain loop order would touch a new cache
+line for every element it reads. Functions whose blocks cannot all be inlined fall through to
+the next rule.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from saddc.schedules.simd import simd_lanes, target_lanes
+
+# Parallel iterations to aim for: enough to balance the cores of a server CPU.
+TASKS = 256
 
 
 class CPUInjective(CPUScheduleRule):
@@ -32,17 +41,49 @@ class CPUInjective(CPUScheduleRule):
                 sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:
             return None
-        loops = sch.get_loops(infos[-1].block_rv)
+        block = infos[-1].block_rv
+        loops = sch.get_loops(block)
         if not loops:
             return None
         *outer, inner = loops
         extent = sch.get(inner).extent
         lanes = simd_lanes(int(extent), target_lanes(target)) if isinstance(extent, tirx.IntImm) else 1
+        serial = []
         if lanes > 1:
+            transposed = _transposed_loop(sch, infos[-1], outer, lanes)
             rest, vector = sch.split(inner, [None, lanes])
+            if transposed is not None:
+                tiles, rows = sch.split(transposed, [None, lanes])
+                outer[outer.index(transposed)] = tiles
+                serial = [rows]
             outer.append(rest)
+            sch.reorder(*outer, *serial, vector)
             sch.vectorize(vector)
         else:
             outer.append(inner)
-        sch.parallel(sch.fuse(*outer))
+        sch.parallel(sch.fuse(*_parallel_prefix(sch, outer)))
         return sch
+
+
+def _transposed_loop(sch: s_tir.Schedule, info, outer: list, lanes: int):
+    """The loop of ``outer`` that indexes the innermost dimension of a buffer the block reads
+    (a transpose), when its extent is a whole number of ``lanes``; else None."""
+    for region in sch.get(info.block_rv).reads:
+        index = region.region[-1].min if region.region else None
+        loop = next((sch.get(iteration.loop_rv) for iteration in info.iters if iteration.var.same_as(index)), None)
+        candidate = next((rv for rv in outer if loop is not None and sch.get(rv).same_as(loop)), None)
+        if candidate is not None and isinstance(loop.extent, tirx.IntImm) and int(loop.extent) % lanes == 0:
+            return candidate
+    return None
+
+
+def _parallel_prefix(sch: s_tir.Schedule, loops: list) -> list:
+    """The fewest leading ``loops`` with at least ``TASKS`` iterations together (a symbolic
+    extent, the batch, counts as one), or all of them."""
+    iterations = 1
+    for count, loop in enumerate(loops, start=1):
+        extent = sch.get(loop).extent
+        iterations *= int(extent) if isinstance(extent, tirx.IntImm) else 1
+        if iterations >= TASKS:
+            return loops[:count]
+    return loops

@@ -23,9 +23,8 @@ block); anything else falls through to the next rule.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from saddc.schedules.cpu_reduction_rule import CPUReductionRule
 from saddc.schedules.simd import simd_lanes, target_lanes
 
 # MR x NR accumulators: 4 rows by 2 vectors is 8 of AVX-512's 32 vector registers (AVX2's 16
@@ -34,21 +33,12 @@ ROWS = 4
 VECTORS = 2
 
 
-class CPUMatmul(CPUScheduleRule):
+class CPUMatmul(CPUReductionRule):
     """Register-blocked, vectorized, parallel matmul for ``llvm`` targets (see the module doc)."""
 
-    def apply(self, func, target, tunable):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
-        reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1 or not all(info.is_injective() for info in infos if info is not infos[reductions[0]]):
-            return None
-        main = infos[reductions[0]].block_rv
-        kinds = infos[reductions[0]].dom_kind()
+    def schedule(self, sch, infos, position, target):
+        main = infos[position].block_rv
+        kinds = infos[position].dom_kind()
         columns = sch.get(sch.get_loops(main)[-2]).extent
         if len(kinds) < 3 or kinds.count("R") != 1 or not kinds.endswith("R") or not isinstance(columns, tirx.IntImm):
             return None

@@ -1,5 +1,6 @@
 """saddc bench: one run times ONNX Runtime, TVM's default pipeline and saddc's variants side by
-side, checks saddc's outputs against ONNX Runtime, and writes a table, JSON and PNG; bad input
+side, checks saddc's outputs against ONNX Runtime, and writes a table, JSON and PNG with the
+slowest kernels' achieved FLOP and byte rates (from the compile's work estimates); bad input
 is one line."""
 
 import json
@@ -33,6 +34,8 @@ def test_bench_times_every_runner_side_by_side(model, tmp_path):
     plain = [row for row in data["rows"] if row["runner"] == "saddc plain"]
     assert all(row["vs_reference"]["max_relative_error"] <= 1e-4 for row in plain)
     assert data["slowest_kernels"] and "saddc plain" in result.stdout
+    slowest = data["slowest_kernels"]["saddc plain"]
+    assert all(k["gbyte_per_s"] > 0 for k in slowest) and any((k["gflop_per_s"] or 0) > 0 for k in slowest)
     assert not list(tmp_path.glob("*build*")), "the compiled modules are temporary"
 
 
@@ -49,3 +52,31 @@ def test_bad_bench_input_is_one_line(model, tmp_path, args, message):
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("saddc: error:")]
     assert message in line and "Traceback" not in result.stderr
     assert not list(tmp_path.glob("out/bench_*"))
+
+
+def test_kernel_work_is_estimated_per_image_and_scaled_by_the_batch(tmp_path):
+    """compile estimates each kernel's operations with the dynamic batch counted as one (a
+    matmul with its bias: 2*M*N*K + M*N a row block), the manifest carries them, and timing a
+    batch of 3 reports three times that, with the bytes of the kernel's arguments."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    import saddc  # pylint: disable=import-outside-toplevel
+
+    rows, inner, columns = 8, 16, 32
+    weight = np.ones((inner, columns), "float32")
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((tvm.tirx.Var("batch", "int64"), rows, inner), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            product = builder.emit(relax.op.matmul(x, relax.const(weight)))
+            output = builder.emit_output(relax.op.add(product, relax.const(np.ones(columns, "float32"))))
+        builder.emit_func_output(output)
+    result = saddc.compile(builder.get(), output=tmp_path / "linear.so")
+    (name,) = [kernel for kernel in result.manifest["kernel_flops"] if "matmul" in kernel]
+    assert result.manifest["kernel_flops"][name] == 2 * rows * inner * columns + rows * columns
+    assert "kernel_flops" not in result.rewrites
+    timings = saddc.load(tmp_path / "linear.so").time_kernels(np.ones((3, rows, inner), "float32"), repeat=1)
+    assert timings[name]["flops"] == 3 * (2 * rows * inner * columns + rows * columns)
+    assert timings[name]["bytes"] == 4 * (3 * rows * inner + inner * columns + columns + 3 * rows * columns)

@@ -1,6 +1,9 @@
-"""saddc's CPU schedule rules (register-blocked matmul, injective) on the shapes a ViT gives
-them: numerics against numpy, and proof that the rule scheduled the kernel (parallel and
-vector loops) rather than leaving it to run one scalar at a time."""
+"""saddc's CPU schedule rules (register-blocked matmul, depthwise conv, injective with tiled
+transposes) and the conv-to-matmul rewrite on the shapes a ViT gives them: numerics against
+numpy and torch, and proof that the rule scheduled the kernel (parallel and vector loops, a
+transpose's tiles) rather than leaving it to run one scalar at a time."""
+
+import re
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import tvm
 from tvm import relax
 
 import saddc
+from saddc.api import relax_op_counts
 from conftest import relative_error
 
 
@@ -70,3 +74,84 @@ def test_injective_chain_is_one_parallel_vectorized_pass():
         lambda x, y: relax.op.permute_dims(relax.op.multiply(relax.op.add(x, y), y), [0, 2, 1]), [a, b])
     np.testing.assert_allclose(result, ((a + b) * b).transpose(0, 2, 1), rtol=1e-6)
     assert all(scheduled(script) for script in kernels.values())
+
+
+def test_transpose_is_tiled():
+    """A transpose reads its input across rows: it runs in LANES x LANES tiles (a serial loop
+    of LANES rows around the vector loop), so the rows a tile reads stay in cache."""
+    a = random(2, 64, 48)
+    result, kernels = lowered_and_run(lambda x: relax.op.permute_dims(x, [0, 2, 1]), [a])
+    np.testing.assert_array_equal(result, a.transpose(0, 2, 1))
+    (kernel,) = kernels.values()
+    tile = re.search(r"T\.parallel.*\n\s+for \w+ in range\(T\.int64\((\d+)\)\):\n"
+                     r"\s+for \w+ in T\.vectorized\(T\.int64\((\d+)\)\)", kernel)
+    assert tile and tile.group(1) == tile.group(2), kernel
+
+
+def conv2d_reference(x, weight, bias, stride, padding, dilation=1, groups=1):
+    import torch  # pylint: disable=import-outside-toplevel
+
+    out = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                                     stride, padding, dilation, groups)
+    return out.numpy()
+
+
+def conv2d_with_bias(weight, bias, stride, padding, dilation=1, groups=1, activation_first=False):
+    def body(x):
+        if activation_first:  # the conv's input is then no model input
+            x = relax.op.nn.relu(x)
+        conv = relax.op.nn.conv2d(x, relax.const(weight), stride, padding, dilation, groups)
+        return relax.op.add(conv, relax.const(bias.reshape(1, -1, 1, 1)))
+    return body
+
+
+@pytest.mark.parametrize("channels,size,out_channels,kernel,stride,padding,dilation", [
+    (3, 32, 16, 7, 4, 3, 1),     # PVT's overlapping patch embedding
+    (16, 14, 32, 3, 2, 1, 1),    # PVT's stage-to-stage patch embedding
+    (8, 12, 8, 3, 1, 2, 2),      # dilated
+    (16, 16, 16, 4, 4, 0, 1),    # PVT's spatial reduction: disjoint patches, not on the model input
+])
+def test_conv2d_runs_as_im2col_and_matmul(channels, size, out_channels, kernel, stride, padding, dilation):
+    x = random(2, channels, size, size)
+    weight, bias = random(out_channels, channels, kernel, kernel, seed=1), random(out_channels, seed=2)
+    result, kernels = lowered_and_run(
+        conv2d_with_bias(weight, bias, stride, padding, dilation, activation_first=True), [x])
+    expected = conv2d_reference(np.maximum(x, 0), weight, bias, stride, padding, dilation)
+    assert relative_error(result, expected) <= 1e-5
+    assert not any("conv2d" in name for name in kernels), list(kernels)
+    assert any("im2col" in name for name in kernels) == (stride != kernel or padding > 0), list(kernels)
+    assert any("matmul" in name and scheduled(script) for name, script in kernels.items()), list(kernels)
+
+
+def test_only_patch_embeddings_become_linear_layers_before_the_rewrites():
+    """The reparameterize phase turns a disjoint-patch conv on the model input into the linear
+    layer ``--shift patch-embed`` selects, and leaves every other conv to legalization."""
+    from saddc.passes import RewriteConv2dToMatmul  # pylint: disable=import-outside-toplevel
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 16, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            embed = builder.emit(relax.op.nn.conv2d(x, relax.const(random(8, 3, 4, 4)), 4))
+            reduce = builder.emit(relax.op.nn.conv2d(embed, relax.const(random(8, 8, 2, 2)), 2))
+            output = builder.emit_output(relax.op.nn.conv2d(reduce, relax.const(random(8, 8, 3, 3)), 1, 1))
+        builder.emit_func_output(output)
+    mod = builder.get()
+
+    def convs(module):
+        return relax_op_counts(module)["nn.conv2d"]
+
+    assert convs(RewriteConv2dToMatmul(patch_embeddings_only=True)(mod)) == 2
+    assert convs(RewriteConv2dToMatmul()(mod)) == 0
+
+
+@pytest.mark.parametrize("channels,size", [(32, 56), (16, 28), (8, 7)])
+def test_depthwise_conv_is_scheduled_per_plane(channels, size):
+    """PVT's MixFFN depthwise 3x3 conv with its bias: per-plane parallel, vectorized along rows
+    (7 columns take no vector lanes)."""
+    x = random(2, channels, size, size)
+    weight, bias = random(channels, 1, 3, 3, seed=1), random(channels, seed=2)
+    result, kernels = lowered_and_run(conv2d_with_bias(weight, bias, 1, 1, groups=channels), [x])
+    assert relative_error(result, conv2d_reference(x, weight, bias, 1, 1, groups=channels)) <= 1e-6
+    (kernel,) = kernels.values()
+    assert "T.parallel" in kernel and ("T.vectorized" in kernel) == (size % 2 == 0), kernel

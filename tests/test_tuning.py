@@ -1,7 +1,9 @@
 """saddc tune (MetaSchedule on this machine, records kept only where they beat the default
-schedule) and compile --db (records applied by workload, untuned kernels named)."""
+schedule), compile --db (records applied by workload, untuned kernels named) and the database
+saddc ships for this CPU (applied without being asked)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +82,35 @@ def test_bad_tuning_input_is_one_line_and_writes_nothing(model, tmp_path, args, 
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("saddc: error:")]
     assert message in line and "Traceback" not in result.stderr
     assert not (tmp_path / "m.so").exists() and not list(tmp_path.glob("db/*.json"))
+
+
+def test_shipped_database_schedules_the_example_model_at_batch_one(tmp_path):
+    """saddc ships MetaSchedule records for this CPU (benchmarks/tune_examples.py): a compile of
+    DeiT-Tiny exported with batch 1 applies them without being asked, says so, and still
+    matches ONNX Runtime."""
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
+    from saddc.tuning import shipped_database  # pylint: disable=import-outside-toplevel
+
+    shipped = shipped_database(parse_target("llvm"))
+    if shipped is None:
+        pytest.skip("saddc ships no tuning database for this CPU")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from deit_tiny import deit_tiny  # pylint: disable=import-outside-toplevel
+
+    torch.manual_seed(0)
+    x = random_input((1, 3, 224, 224))
+    model = export_onnx(deit_tiny().eval(), torch.from_numpy(x), tmp_path / "deit.onnx", "legacy", 17)
+    output = tmp_path / "deit.so"
+    result = run_saddc("compile", model, "-o", output)
+    assert result.returncode == 0, result.stderr
+    assert f"from {shipped}" in result.stdout
+    tuned = json.loads(output.with_suffix(".json").read_text())["tuning"]["tuned"]
+    assert {"fast_softmax", "layer_norm"} <= set(tuned), tuned
+
+    import saddc  # pylint: disable=import-outside-toplevel
+
+    (expected,) = ort_outputs(model, {"x": x})
+    (actual,) = saddc.load(output)(x)
+    assert relative_error(actual, expected) <= 1e-4

@@ -1,0 +1,71 @@
+"""Make the tuning database saddc ships for this machine's CPU: the example model's reductions,
+tuned with MetaSchedule.
+
+    python benchmarks/tune_examples.py [--trials 48] [--models deit_tiny,pvtv2_b0]
+
+Exports DeiT-Tiny (about 5 minutes on two cores; PVTv2-b0, whose softmax and layer norms are a
+few percent of its time, on request) from ``examples/`` with a fixed batch of 1 (MetaSchedule
+tunes static shapes only), tunes their softmax and layer-norm kernels (``saddc tune --kernels``;
+DLight's generic CPU reductions leave those scalar, while saddc's own rules cover the matmuls,
+convs and injective kernels, which MetaSchedule's short runs did not beat) and merges the records
+that beat the default schedules into ``saddc/tuning_db/llvm-ARCH``, which ``saddc compile``
+applies to llvm builds for that CPU. Writes what each kernel took, default and tuned, to
+``benchmarks/results/tuning_llvm_<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from deit_tiny import deit_tiny  # noqa: E402
+from pvtv2_b0 import pvtv2_b0  # noqa: E402
+from saddc import benchmarking, tuning  # noqa: E402
+from saddc.frontends.torch_export import export_onnx  # noqa: E402
+from saddc.target import parse_target  # noqa: E402
+
+MODELS = {"deit_tiny": deit_tiny, "pvtv2_b0": pvtv2_b0}
+KERNELS = ("softmax", "layer_norm")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=48, help="measured candidates per kernel (default 48)")
+    parser.add_argument("--models", default="deit_tiny", help=f"from {','.join(MODELS)} (default deit_tiny)")
+    args = parser.parse_args()
+    target = parse_target("llvm")
+    database = tuning.SHIPPED / f"{target.kind}-{target.arch}"
+    x = torch.from_numpy(np.zeros((1, 3, 224, 224), "float32"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            torch.manual_seed(0)
+            onnx_path = export_onnx(MODELS[name]().eval(), x, Path(tmp) / f"{name}.onnx", "legacy", 17)
+            for kernels in KERNELS:
+                print(f"{name}: tuning its {kernels} kernels", file=sys.stderr)
+                for row in tuning.tune(onnx_path, database, trials=args.trials, kernels=kernels):
+                    rows.append({"model": name, **asdict(row)})
+    machine = benchmarking.machine(False)
+    result = {"benchmark": "tune_examples", "target": target.describe(), "machine": machine,
+              "date": benchmarking.now(), "trials": args.trials, "database": str(database.relative_to(ROOT)),
+              "kernels": rows}
+    out = ROOT / "benchmarks" / "results" / f"tuning_llvm_{benchmarking.machine_slug(machine)}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(tuning.table([tuning.TunedKernel(**{k: v for k, v in row.items() if k != "model"})
+                                  for row in rows])))
+    print(f"wrote {database} and {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
