@@ -23,6 +23,8 @@ anything else falls through to the next rule.
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 
 from saddc.schedules.cpu_reduction_rule import CPUReductionRule
@@ -46,10 +48,7 @@ class CPUDepthwiseConv(CPUReductionRule):
                 or len(loops) != len(kinds)
                 or not all(isinstance(extent, tirx.IntImm) for extent in extents[spatial - 2:])):
             return None
-        window = 1
-        for extent in extents[spatial:]:
-            window *= int(extent)
-        if window > MAX_WINDOW:
+        if math.prod(int(extent) for extent in extents[spatial:]) > MAX_WINDOW:
             return None
         *outer, row, column = loops[:spatial]
         prologue = [info.block_rv for info in infos[:position]]

@@ -41,8 +41,7 @@ class CPUInjective(CPUScheduleRule):
                 sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:
             return None
-        block = infos[-1].block_rv
-        loops = sch.get_loops(block)
+        loops = sch.get_loops(infos[-1].block_rv)
         if not loops:
             return None
         *outer, inner = loops
