@@ -4,22 +4,27 @@ against a fixed reference kernel in the same process, compared with a committed 
     python benchmarks/latency_gate.py                 # check (exit 1 on a regression)
     python benchmarks/latency_gate.py --update        # measure and write the baseline
 
+Targets: ``llvm`` always, and ``cuda`` too where a CUDA GPU is visible (``--targets`` picks);
+each has its own baseline (``latency_gate_<target>_baseline.json``) and reference kernel.
+
 Modules: a two-block DeiT-Tiny (the example model, batch 1) compiled plain, with ``--shift all
 --shift-lossy``, ``--attention additive`` and ``--moe mlp``, and a PVTv2-b0 with one block a
 stage compiled plain, which between them run every kind of kernel saddc emits (its CPU matmul,
 depthwise-conv and injective rules, im2col, DLight's reductions, the shift GEMM, the add
 kernels, the MoE dispatch). Kernels are named without TVM's numbering
 (``fused_matmul5_add8`` -> ``fused_matmul_add``), the time of the kernels sharing a name summed.
+They are compiled without a tuning database (whose records match one CPU model), so the gate
+times saddc's hand schedules and DLight's rules on any machine.
 
-Method: each repeat times the reference (a 256x256x256 matmul whose schedule is fixed here,
-never tuned) and then every kernel alone on the arguments of its first call (TVM's time
+Method: each repeat times the reference (a float32 matmul whose schedule is fixed here, never
+tuned) and then every kernel alone on the arguments of its first call (TVM's time
 evaluator); a kernel's figure is its fastest time over the reference's fastest, the best over
 repeats (load only ever adds time, and a real slowdown shows in every repeat). Ratios cancel the
 machine's speed, so a baseline measured on one machine of a kind checks another. Load that
 remains moves all kernels together: each ratio is divided by the run's drift, the median shift
 of all kernels against the baseline, so what fails is a kernel that slowed down against the
-rest. Everything runs on one thread: a thread pool sharing two cores with other work (a CI
-neighbour) is far noisier than one thread. The check fails when a kernel's corrected ratio
+rest. On the CPU everything runs on one thread: a thread pool sharing two cores with other work
+(a CI neighbour) is far noisier than one thread. The check fails when a kernel's corrected ratio
 exceeds its baseline by more than ``--tolerance`` (see the README for the noise it is set from).
 """
 
@@ -37,25 +42,32 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = ROOT / "benchmarks" / "results" / "latency_gate_llvm_baseline.json"
+TARGETS = ("llvm", "cuda")
+BASELINES = {kind: ROOT / "benchmarks" / "results" / f"latency_gate_{kind}_baseline.json" for kind in TARGETS}
 # Measured (README, "Kernel-latency gate"): idle, corrected ratios stay within 0.94-1.16 of the
 # baseline; with both cores busy with other work, single kernels reach 1.8x. Twice the baseline
 # is a failure; the slowdowns the gate is for (a schedule lost) are 10x and more.
 TOLERANCE = 1.0
-# Kernels shorter than this fraction of the reference (about 20 us here) are listed, not gated:
-# at that length the timer's own noise is tens of percent.
-MIN_RATIO = 0.02
+# Kernels shorter than this fraction of the reference are listed, not gated: on the CPU (about
+# 20 us here) the timer's own noise is tens of percent at that length. On CUDA (a few
+# microseconds, a kernel's launch) the figure is a first setting, to be revisited with the
+# spread the first GPU baseline records.
+MIN_RATIO = {"llvm": 0.02, "cuda": 0.05}
 # Each case: the example model it compiles, and the saddc bench variant it compiles it as.
 CASES = {"plain": ("deit", "plain"), "shift": ("deit", "shift"), "additive": ("deit", "additive"),
          "moe": ("deit", "moe"), "pvt": ("pvt", "plain")}
 REFERENCE_SIZE = 256
 
 
-def reference_kernel(target):
-    """The fixed yardstick: a 256^3 float32 matmul, rows in parallel, 16-lane vectors over
-    columns, k outside them. Its schedule must never change (the baseline is relative to it)."""
+def reference_library(spec):
+    """The fixed yardstick, a 256^3 float32 matmul named ``reference``, compiled for ``spec``: on
+    the CPU rows in parallel, 16-lane vectors over columns, k outside them; on CUDA a
+    16x16-thread block per 16x16 tile of the output, one output a thread, k serial. Its
+    schedule must never change (the baselines are relative to it)."""
     import tvm  # pylint: disable=import-outside-toplevel
     from tvm import s_tir, te  # pylint: disable=import-outside-toplevel
+
+    from saddc.cuda import ensure_cuda_codegen, nvcc_fatbin_compiler  # pylint: disable=import-outside-toplevel
 
     n = REFERENCE_SIZE
     a = te.placeholder((n, n), name="a")
@@ -65,16 +77,34 @@ def reference_kernel(target):
     sch = s_tir.Schedule(te.create_prim_func([a, b, c]).with_attr("global_symbol", "reference"))
     block = sch.get_sblock("c")
     i, j, kk = sch.get_loops(block)
+    target = spec.to_tvm()
+    if not spec.is_cuda:
+        jo, ji = sch.split(j, [None, 16])
+        sch.reorder(i, jo, kk, ji)
+        sch.parallel(i)
+        sch.vectorize(ji)
+        sch.decompose_reduction(block, kk)
+        return tvm.compile(sch.mod, target=target)
+    io, ii = sch.split(i, [None, 16])
     jo, ji = sch.split(j, [None, 16])
-    sch.reorder(i, jo, kk, ji)
-    sch.parallel(i)
-    sch.vectorize(ji)
-    sch.decompose_reduction(block, kk)
-    library = tvm.compile(sch.mod, target=target)
-    device = tvm.cpu(0)
+    sch.reorder(io, jo, ii, ji, kk)
+    for loop, thread in ((io, "blockIdx.y"), (jo, "blockIdx.x"), (ii, "threadIdx.y"), (ji, "threadIdx.x")):
+        sch.bind(loop, thread)
+    ensure_cuda_codegen()
+    with nvcc_fatbin_compiler(spec.arch), target:
+        return tvm.compile(sch.mod, target=target)
+
+
+def reference_timer(spec):
+    """``timer(repeat) -> [seconds]`` of the reference on the target's device."""
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    library = reference_library(spec)
+    device = tvm.cuda(0) if spec.is_cuda else tvm.cpu(0)
     rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.standard_normal((n, n)).astype("float32"), device) for _ in range(2)]
-    args.append(tvm.runtime.tensor(np.zeros((n, n), "float32"), device))
+    args = [tvm.runtime.tensor(rng.standard_normal((REFERENCE_SIZE,) * 2).astype("float32"), device)
+            for _ in range(2)]
+    args.append(tvm.runtime.tensor(np.zeros((REFERENCE_SIZE,) * 2, "float32"), device))
     return lambda repeat: list(library.mod.time_evaluator("reference", device, number=1, repeat=repeat,
                                                       min_repeat_ms=20)(*args).results)
 
@@ -108,8 +138,10 @@ def compile_cases(out_dir: Path, target: str, names=tuple(CASES)) -> dict[str, P
             torch.manual_seed(0)
             models[model] = export_onnx(factories[model]().eval(), x, out_dir / f"{model}.onnx", "legacy", 17)
         print(f"compiling {case}", file=sys.stderr)
-        modules[case] = saddc.compile(models[model], target=target, output=out_dir / f"{case}.so",
-                                      **variant_options(variant, calibration)).output
+        # Without the shipped tuning database: its records match one CPU model, and the gate
+        # times saddc's own schedules wherever it runs.
+        options = {**variant_options(variant, calibration), "tuning_db": None}
+        modules[case] = saddc.compile(models[model], target=target, output=out_dir / f"{case}.so", **options).output
     return modules
 
 
@@ -122,7 +154,7 @@ def measure(target: str = "llvm", repeat: int = 7, cases=tuple(CASES)) -> dict:
     from saddc.target import parse_target
 
     spec = parse_target(target)
-    reference = reference_kernel(spec.to_tvm())
+    reference = reference_timer(spec)
     x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype("float32")
     ratios: dict[str, dict[str, list[float]]] = {}
     reference_seconds = []
@@ -140,6 +172,7 @@ def measure(target: str = "llvm", repeat: int = 7, cases=tuple(CASES)) -> dict:
                     ratios.setdefault(case, {}).setdefault(family, []).append(seconds / yardstick)
     return {
         "target": spec.describe(),
+        "kind": spec.kind,
         "reference_us": min(reference_seconds) * 1e6,
         "ratios": {case: {family: min(values) for family, values in sorted(kernels.items())}
                    for case, kernels in ratios.items()},
@@ -153,9 +186,10 @@ def drift(measured: dict, baseline: dict) -> float:
     """The run's overall shift against the baseline: the median over gated kernels of their
     ratio over the baseline's. Load on the machine moves every kernel's ratio together; a
     regression moves a few."""
+    least = MIN_RATIO[measured["kind"]]
     shifts = [ratio / baseline["ratios"][case][family]
               for case, kernels in measured["ratios"].items() for family, ratio in kernels.items()
-              if family in baseline["ratios"].get(case, {}) and max(ratio, baseline["ratios"][case][family]) >= MIN_RATIO]
+              if family in baseline["ratios"].get(case, {}) and max(ratio, baseline["ratios"][case][family]) >= least]
     return statistics.median(shifts) if shifts else 1.0
 
 
@@ -164,21 +198,31 @@ def regressions(measured: dict, baseline: dict, tolerance: float) -> list[str]:
     (kernels too short to time reliably excepted), or that the baseline lacks."""
     found = []
     shift = drift(measured, baseline)
+    least = MIN_RATIO[measured["kind"]]
     for case, kernels in measured["ratios"].items():
         expected = baseline["ratios"].get(case, {})
         for family, ratio in kernels.items():
             if family not in expected:
                 found.append(f"{case}/{family}: not in the baseline (ratio {ratio:.3g}); update it with --update")
-            elif ratio / shift > expected[family] * (1 + tolerance) and max(ratio, expected[family]) >= MIN_RATIO:
+            elif ratio / shift > expected[family] * (1 + tolerance) and max(ratio, expected[family]) >= least:
                 found.append(f"{case}/{family}: {ratio / expected[family] / shift:.2f}x its baseline after the "
                              f"run's drift {shift:.2f} (ratio {ratio:.3g} vs {expected[family]:.3g}, "
                              f"tolerance {tolerance:.0%})")
     return found
 
 
+def default_targets() -> list[str]:
+    """llvm, and cuda where a CUDA GPU is visible."""
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    return ["llvm", "cuda"] if tvm.cuda(0).exist else ["llvm"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", type=Path, default=BASELINE, help=f"baseline JSON (default {BASELINE.relative_to(ROOT)})")
+    parser.add_argument("--targets", help="comma-separated, from llvm,cuda (default: llvm, and cuda where a GPU is visible)")
+    parser.add_argument("--baseline", type=Path, help="baseline JSON, for a single target (default "
+                        "benchmarks/results/latency_gate_<target>_baseline.json)")
     parser.add_argument("--update", action="store_true", help="measure and write the baseline instead of checking")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"allowed growth of a kernel's ratio over its baseline (default {TOLERANCE})")
@@ -188,36 +232,55 @@ def main() -> int:
     unknown = set(args.cases.split(",")) - set(CASES)
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)} (choose from {', '.join(CASES)})")
+    targets = args.targets.split(",") if args.targets else default_targets()
+    if set(targets) - set(TARGETS):
+        parser.error(f"unknown targets {sorted(set(targets) - set(TARGETS))} (choose from {', '.join(TARGETS)})")
+    if args.baseline and len(targets) > 1:
+        parser.error("--baseline names one target's baseline: give --targets too")
     os.environ["TVM_NUM_THREADS"] = "1"  # before the first parallel loop starts TVM's thread pool
-    if not args.update and not args.baseline.exists():
-        print(f"error: no baseline at {args.baseline}: run with --update first", file=sys.stderr)
+    baselines = {target: args.baseline or BASELINES[target] for target in targets}
+    missing = [str(path) for path in baselines.values() if not args.update and not path.exists()]
+    if missing:
+        print(f"error: no baseline at {', '.join(missing)}: run with --update first", file=sys.stderr)
         return 2
-    measured = measure(repeat=args.repeat, cases=args.cases.split(","))
-    if args.update:
-        from saddc import benchmarking  # pylint: disable=import-outside-toplevel
+    failed = False
+    for target, path in baselines.items():
+        measured = measure(target, repeat=args.repeat, cases=args.cases.split(","))
+        if args.update:
+            write_baseline(measured, path)
+        else:
+            failed |= not check(measured, json.loads(path.read_text()), args.tolerance)
+    return 1 if failed else 0
 
-        measured["machine"] = benchmarking.machine(False)
-        measured["date"] = benchmarking.now()
-        args.baseline.parent.mkdir(parents=True, exist_ok=True)
-        args.baseline.write_text(json.dumps(measured, indent=1) + "\n")
-        print(f"wrote {args.baseline}")
-        return 0
-    baseline = json.loads(args.baseline.read_text())
+
+def write_baseline(measured: dict, path: Path) -> None:
+    from saddc import benchmarking  # pylint: disable=import-outside-toplevel
+
+    measured["machine"] = benchmarking.machine(measured["kind"] == "cuda")
+    measured["date"] = benchmarking.now()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(measured, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def check(measured: dict, baseline: dict, tolerance: float) -> bool:
+    """Print every kernel's ratios and the regressions; True when there are none."""
     shift = drift(measured, baseline)
+    least = MIN_RATIO[measured["kind"]]
     print(f"kernel latency gate ({measured['target']}; reference {measured['reference_us']:.0f} us; "
-          f"drift {shift:.2f}; tolerance {args.tolerance:.0%}); ratio to the reference, and to the baseline "
+          f"drift {shift:.2f}; tolerance {tolerance:.0%}); ratio to the reference, and to the baseline "
           f"after the drift:")
     for case, kernels in measured["ratios"].items():
         for family, ratio in kernels.items():
             expected = baseline["ratios"].get(case, {}).get(family)
             versus = "new" if expected is None else f"{ratio / expected / shift:.2f}x baseline"
-            versus += "" if max(ratio, expected or 0) >= MIN_RATIO else " (too short to gate)"
+            versus += "" if max(ratio, expected or 0) >= least else " (too short to gate)"
             print(f"  {case:<9} {family:<60} {ratio:9.4f}  {versus}")
-    found = regressions(measured, baseline, args.tolerance)
+    found = regressions(measured, baseline, tolerance)
     for line in found:
         print(f"REGRESSION {line}")
-    print("gate: FAIL" if found else "gate: pass")
-    return 1 if found else 0
+    print(f"gate ({measured['kind']}): FAIL" if found else f"gate ({measured['kind']}): pass")
+    return not found
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ DLight's generic CPU reductions leave those scalar, while saddc's own rules cove
 convs and injective kernels, which MetaSchedule's short runs did not beat) and merges the records
 that beat the default schedules into ``saddc/tuning_db/llvm-ARCH``, which ``saddc compile``
 applies to llvm builds for that CPU. Writes what each kernel took, default and tuned, to
-``benchmarks/results/tuning_llvm_<machine>.json``.
+``benchmarks/results/tuning_llvm-ARCH_<machine>.json``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> int:
     result = {"benchmark": "tune_examples", "target": target.describe(), "machine": machine,
               "date": benchmarking.now(), "trials": args.trials, "database": str(database.relative_to(ROOT)),
               "kernels": [{"model": name, **asdict(row)} for name, row in rows]}
-    out = ROOT / "benchmarks" / "results" / f"tuning_llvm_{benchmarking.machine_slug(machine)}.json"
+    out = ROOT / "benchmarks" / "results" / f"tuning_{target.kind}-{target.arch}_{benchmarking.machine_slug(machine)}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(tuning.table([row for _, row in rows])))
     print(f"wrote {database} and {out}")

@@ -4,6 +4,7 @@ from .apply_tuning_database import ApplyTuningDatabase, TuningReport
 from .attention_report import AttentionReport, AttentionSite
 from .build_moe_from_linear import BuildMoEFromLinear
 from .convert_to_float16 import ConvertToFloat16
+from .dispatch_hand_scheduled_kernels import DispatchHandScheduledKernels
 from .estimate_kernel_work import EstimateKernelWork, KernelWork
 from .find_binary_codes import BinaryCodes, find_binary_codes
 from .find_moe_layers import MoELayer, UnmatchedMoE, find_moe_layers
@@ -20,8 +21,8 @@ from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
 
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
-    "BuildMoEFromLinear", "ConvertToFloat16", "EstimateKernelWork", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer",
-    "MoEReport", "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
+    "BuildMoEFromLinear", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork", "KernelWork",
+    "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport", "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
 ]

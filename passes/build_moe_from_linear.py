@@ -33,7 +33,6 @@ from saddc.passes.moe_dispatch import (
 )
 from saddc.schedules import shift_codes
 from saddc.schedules.segmented_gemm import DENSE, SHIFT
-from saddc.target import TargetSpec
 
 # Ridge strength, relative to the mean squared activation: keeps the fit stable when the
 # calibration tokens are fewer than the features.
@@ -71,9 +70,8 @@ class BuildMoEFromLinear:  # pylint: disable=too-few-public-methods
     ``reports`` (a dict) receives the ``MoEReport`` under ``"moe"``.
     """
 
-    def __init__(self, options: MoEOptions, target: TargetSpec, names: dict | None = None,
-                 reports: dict | None = None):
-        self.options, self.target = options, target
+    def __init__(self, options: MoEOptions, names: dict | None = None, reports: dict | None = None):
+        self.options = options
         self.names = names or {}
         self.reports = reports if reports is not None else {}
 
@@ -97,11 +95,9 @@ class BuildMoEFromLinear:  # pylint: disable=too-few-public-methods
                 shift_ratio=float(np.mean(logits.argmax(-1) == 1)),
                 output_cosine=cosine(routing_reference(tokens, plan), reference),
             ))
-        rewritten = dispatched(mod, plans, self.target.is_cuda, self.options.dispatch)
+        rewritten = dispatched(mod, plans, self.options.dispatch)
         if self.options.measure_error:
-            # Measured on the CPU, so with the dispatch's CPU kernels whatever the target.
-            on_cpu = dispatched(mod, plans, False, self.options.dispatch) if self.target.is_cuda else rewritten
-            report.end_to_end = output_error(run(mod, batches), run(on_cpu, batches))
+            report.end_to_end = output_error(run(mod, batches), run(rewritten, batches))
         return rewritten
 
     def _select(self, layers: list[LinearLayer]) -> list[LinearLayer]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from saddc.schedules.rules import KERNEL_ATTR
+from saddc.schedules.rules import HAND_SCHEDULED, KERNEL_ATTR, KERNEL_PARAMS_ATTR
 
 # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone.
 _OPAQUE = 8
@@ -27,13 +27,15 @@ def emit_kernel(builder: relax.BlockBuilder, compute, *args, kernel: str, name: 
     )
 
 
-def call_scheduled_kernel(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc, args: list, out_ty,
-                          kernel: str, inplace_index: int | None = None) -> relax.Var:
-    """A call of ``func``, a kernel written with its schedule in place (``tirx.is_scheduled``,
-    so the schedule phase leaves it alone), as the saddc kernel ``kernel``. With
-    ``inplace_index`` the kernel updates that argument in place (``call_tir_inplace``) instead
-    of allocating its output."""
-    func = func.with_attrs({KERNEL_ATTR: kernel, "op_pattern": _OPAQUE})
+def call_hand_scheduled_kernel(builder: relax.BlockBuilder, kernel: str, params: dict, args: list, out_ty,
+                               inplace_index: int | None = None) -> relax.Var:
+    """A call of the hand-scheduled kernel ``kernel`` (a key of ``schedules.rules.HAND_SCHEDULED``)
+    of shape ``params``, in its CPU form: that form runs wherever a pass measures its error, and
+    the schedule phase puts the target's form in its place (the parameters ride along in
+    ``saddc.kernel_params``). With ``inplace_index`` the kernel updates that argument in place
+    (``call_tir_inplace``) instead of allocating its output."""
+    func = HAND_SCHEDULED[kernel](**params, is_cuda=False)
+    func = func.with_attrs({KERNEL_ATTR: kernel, KERNEL_PARAMS_ATTR: params, "op_pattern": _OPAQUE})
     gvar = builder.add_func(func, kernel)
     if inplace_index is None:
         return builder.emit(relax.call_tir(gvar, args, out_ty))

@@ -17,7 +17,6 @@ import tvm
 
 from saddc.passes.find_moe_layers import find_moe_layers
 from saddc.passes.moe_dispatch import DispatchPlan, ExpertWeights, MoELayerReport, MoEReport, dispatched
-from saddc.target import TargetSpec
 
 # Exact signed powers of two are exact in 5-bit codes whenever they are in 4-bit ones.
 _SHIFT_BITS = 5
@@ -30,8 +29,7 @@ class LowerMoEDispatch:  # pylint: disable=too-few-public-methods
     ``reports`` (a dict) receives a ``MoEReport`` under ``"moe"`` when a layer is found.
     """
 
-    def __init__(self, target: TargetSpec, names: dict | None = None, reports: dict | None = None):
-        self.target = target
+    def __init__(self, names: dict | None = None, reports: dict | None = None):
         self.names = names or {}
         self.reports = reports if reports is not None else {}
 
@@ -58,4 +56,4 @@ class LowerMoEDispatch:  # pylint: disable=too-few-public-methods
                 in_features=router.in_features, out_features=layer.experts[0].out_features,
                 experts=[expert.kind for expert in experts], exactness="lossless", dispatch="sparse",
             ))
-        return dispatched(mod, plans, self.target.is_cuda)
+        return dispatched(mod, plans)

@@ -11,7 +11,9 @@ For one layer ``y = MoE(x)`` with a two-output router and two experts, it emits:
     y       = reshape(call_tir(permute_rows, ys, slot), (..., N))        # back to token order
 
 M is static; each expert's kernel touches only its own rows (schedules/segmented_gemm.py).
-An expert whose weights are signed powers of two runs as a shift expert (exactly); others run
+The partition and segment kernels are emitted in their CPU form, so a rewritten module runs
+on the CPU whatever the target (the passes measure their error there); the schedule phase
+puts the target's form in place (``passes/dispatch_hand_scheduled_kernels.py``). An expert whose weights are signed powers of two runs as a shift expert (exactly); others run
 dense.
 
 ``emit_select`` emits the other way to compute the same layer: both experts on every token as
@@ -27,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from saddc.passes.kernel_call import call_scheduled_kernel, emit_kernel, leading_rows, rebind, rewrite_functions
+from saddc.passes.kernel_call import call_hand_scheduled_kernel, emit_kernel, leading_rows, rebind, rewrite_functions
 from saddc.schedules import permute_rows, segmented_gemm, shift_codes, token_partition
 from saddc.schedules.segmented_gemm import DENSE, SHIFT
 
@@ -126,31 +128,31 @@ def _emit_router_choice(builder: relax.BlockBuilder, x: relax.Expr, plan: Dispat
     return builder.emit(relax.op.argmax(builder.emit(logits), axis=-1, keepdims=keepdims))
 
 
-def emit_dispatch(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan, is_cuda: bool) -> relax.Expr:
+def emit_dispatch(builder: relax.BlockBuilder, x: relax.Expr, plan: DispatchPlan) -> relax.Expr:
     """The dispatch of ``plan`` on ``x`` (..., K), returning (..., N) (see the module doc)."""
     rows = leading_rows(x)
     x2d = builder.emit(relax.op.reshape(x, (rows, plan.in_features)))
     choice = _emit_router_choice(builder, x2d, plan, keepdims=False)
     experts = len(plan.experts)
     index_type = relax.TensorType((rows,), "int32")
-    partition = call_scheduled_kernel(
-        builder, token_partition.token_partition(experts, is_cuda), [choice],
-        [index_type, index_type, relax.TensorType((experts + 1,), "int32")], kernel="token_partition",
+    partition = call_hand_scheduled_kernel(
+        builder, "token_partition", {"experts": experts}, [choice],
+        [index_type, index_type, relax.TensorType((experts + 1,), "int32")],
     )
     order, slot, offsets = (builder.emit(relax.TupleGetItem(partition, i)) for i in range(3))
     xs = emit_kernel(builder, permute_rows.permute_rows_te, x2d, order, kernel="permute_rows")
     out_type = relax.TensorType((rows, plan.out_features), "float32")
     ys = None
     for index, expert in enumerate(plan.experts):
+        shape = {"expert": index, "in_features": plan.in_features, "out_features": plan.out_features}
         if expert.kind == SHIFT:
-            func = segmented_gemm.shift_segment(index, plan.in_features, plan.out_features, expert.weights.bits, is_cuda)
+            shape["bits"] = expert.weights.bits
             weights = [relax.const(expert.weights.packed, "uint32"), relax.const(expert.weights.exponents, "int32")]
         else:
-            func = segmented_gemm.dense_segment(index, plan.in_features, plan.out_features, is_cuda)
             weights = [relax.const(expert.weights)]
         args = [xs, offsets, *weights, relax.const(expert.bias)]
-        ys = call_scheduled_kernel(
-            builder, func, args if ys is None else args + [ys], out_type, kernel=f"{expert.kind}_segment",
+        ys = call_hand_scheduled_kernel(
+            builder, f"{expert.kind}_segment", shape, args if ys is None else args + [ys], out_type,
             inplace_index=None if ys is None else len(args),
         )
     y2d = emit_kernel(builder, permute_rows.permute_rows_te, ys, slot, kernel="permute_rows")
@@ -174,10 +176,10 @@ class DispatchRewriter(relax.PyExprMutator):
     """Replaces the output binding of each planned layer with its sparse dispatch, or with
     the compute-both-and-select graph (``dispatch="select"``)."""
 
-    def __init__(self, mod, plans: list[DispatchPlan], is_cuda: bool, dispatch: str):
+    def __init__(self, mod, plans: list[DispatchPlan], dispatch: str):
         super().__init__(mod)
         self.by_output = {plan.output: plan for plan in plans}
-        self.is_cuda, self.dispatch = is_cuda, dispatch
+        self.dispatch = dispatch
 
     def visit_var_binding_(self, binding):
         plan = self.by_output.get(binding.var)
@@ -185,7 +187,7 @@ class DispatchRewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x = self.visit_expr(plan.activation)
-        value = (emit_dispatch(self.builder_, x, plan, self.is_cuda) if self.dispatch == "sparse"
+        value = (emit_dispatch(self.builder_, x, plan) if self.dispatch == "sparse"
                  else emit_select(self.builder_, x, plan))
         rebind(self, binding, value)
 
@@ -202,8 +204,8 @@ def routing_reference(x: np.ndarray, plan: DispatchPlan) -> np.ndarray:
     return y.reshape(np.shape(x)[:-1] + (plan.out_features,))
 
 
-def dispatched(mod: tvm.IRModule, plans: list[DispatchPlan], is_cuda: bool, dispatch: str = "sparse") -> tvm.IRModule:
+def dispatched(mod: tvm.IRModule, plans: list[DispatchPlan], dispatch: str = "sparse") -> tvm.IRModule:
     """``mod`` with every planned layer dispatched (``sparse``) or computed both ways and
     selected (``select``)."""
-    rewriter = DispatchRewriter(mod, plans, is_cuda, dispatch)
+    rewriter = DispatchRewriter(mod, plans, dispatch)
     return relax.transform.DeadCodeElimination()(rewrite_functions(rewriter, mod))

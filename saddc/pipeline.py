@@ -7,9 +7,10 @@
                      configured (MoE from plain layers, shift, attention replacement)
     legalize         Relax ops to TIR (one-group convs as matmuls over their patches), fused;
                      each kernel's arithmetic estimated (for the benchmarks' FLOP rates)
-    schedule         kernel schedules for the target: a tuning database's records, saddc's
-                     kernels, then DLight's rules and saddc's CPU matmul, depthwise-conv and
-                     injective rules for the rest
+    schedule         kernel schedules for the target: the target's form of the hand-scheduled
+                     kernels (the MoE dispatch's, emitted in their CPU form), a tuning
+                     database's records, saddc's kernels, then DLight's rules and saddc's CPU
+                     matmul, depthwise-conv and injective rules for the rest
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 
 Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.
@@ -68,12 +69,12 @@ def reparameterize_passes(config: LowerConfig) -> list:
     )
 
     attention = config.attention
-    passes = [LowerMoEDispatch(config.target, config.layer_names, config.reports)]
+    passes = [LowerMoEDispatch(config.layer_names, config.reports)]
     if attention is not None:
         form = attention.form if attention.mode == "additive" else None
         passes.append(LowerBinaryCodedAttention(config.reports, attention.mode, form))
     if config.moe is not None:
-        passes.append(BuildMoEFromLinear(config.moe, config.target, config.layer_names, config.reports))
+        passes.append(BuildMoEFromLinear(config.moe, config.layer_names, config.reports))
     if config.shift is not None:
         if "patch-embed" in config.shift.roles:
             passes.append(RewriteConv2dToMatmul(patch_embeddings_only=True))
@@ -153,11 +154,11 @@ def schedule_passes(config: LowerConfig) -> list:
     # pylint: disable=import-outside-toplevel
     from tvm.s_tir import dlight as dl
 
-    from saddc.passes import ApplyTuningDatabase
+    from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels
 
     # Tuned records first: the kernels they schedule are marked scheduled, and DLight skips them.
     tuned = [ApplyTuningDatabase(config.tuning_db, config.reports)] if config.tuning_db else []
-    return tuned + [dl.ApplyDefaultSchedule(*schedule_rules(config))]
+    return [DispatchHandScheduledKernels(config.target), *tuned, dl.ApplyDefaultSchedule(*schedule_rules(config))]
 
 
 def vm_lowering_passes(config: LowerConfig) -> list:

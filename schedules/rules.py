@@ -1,6 +1,8 @@
 """The DLight rule that schedules saddc's own kernels (tagged ``saddc.kernel``) for a target.
 
 It comes first in the schedule phase; kernels it does not own fall through to DLight's rules.
+The kernels of ``HAND_SCHEDULED`` are written with their schedules in place instead, one form
+per target; ``passes/dispatch_hand_scheduled_kernels.py`` picks the target's.
 ``FallThroughOnError`` wraps a DLight rule that can fail inside its schedule on functions it
 claims, so that they go on to the next rule instead of failing the compile.
 """
@@ -14,9 +16,13 @@ from tvm.s_tir import dlight as dl
 
 from saddc.errors import SaddcWarning
 
-from saddc.schedules import binary_hash, code_matmul, masked_sum, permute_rows, row_normalize, shift_gemm
+from saddc.schedules import (
+    binary_hash, code_matmul, masked_sum, permute_rows, row_normalize, segmented_gemm, shift_gemm, token_partition,
+)
 
 KERNEL_ATTR = "saddc.kernel"
+# A hand-scheduled kernel's shape parameters (the keyword arguments of its builder).
+KERNEL_PARAMS_ATTR = "saddc.kernel_params"
 # Kernel tag -> its module's ``schedule(func, target)``.
 SCHEDULES = {
     "shift_gemm": shift_gemm.schedule,
@@ -26,8 +32,14 @@ SCHEDULES = {
     "row_normalize": row_normalize.schedule,
     "permute_rows": permute_rows.schedule,
 }
-# token_partition and the segmented GEMMs are written with their schedules in place
-# (``tirx.is_scheduled``): DLight passes them by.
+# Kernel tag -> the builder of a kernel written with its schedule in place (``tirx.is_scheduled``,
+# so DLight passes it by): ``builder(**params, is_cuda=...)``. Their writes go to data-dependent
+# addresses, which TensorIR's schedule primitives cannot express.
+HAND_SCHEDULED = {
+    "token_partition": token_partition.token_partition,
+    "dense_segment": segmented_gemm.dense_segment,
+    "shift_segment": segmented_gemm.shift_segment,
+}
 
 
 class SaddcKernels(dl.ScheduleRule):

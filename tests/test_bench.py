@@ -10,6 +10,7 @@ import torch
 
 from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
+from saddc.config import CUDA_BENCH_VARIANTS
 from saddc.frontends.torch_export import export_onnx
 
 
@@ -37,6 +38,16 @@ def test_bench_times_every_runner_side_by_side(model, tmp_path):
     slowest = data["slowest_kernels"]["saddc plain"]
     assert all(k["gbyte_per_s"] > 0 for k in slowest) and any((k["gflop_per_s"] or 0) > 0 for k in slowest)
     assert not list(tmp_path.glob("*build*")), "the compiled modules are temporary"
+
+
+def test_cuda_build_compiles_every_variant(model, tmp_path):
+    """What a GPU session runs: every default CUDA variant compiles here (nvcc, no GPU), the
+    combination and fp16 included."""
+    result = run_saddc("bench", model, "--target", "cuda", "--build-only", tmp_path / "build")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "build" / "plan.json").read_text())
+    assert set(plan["modules"]) == {"tvm default"} | {f"saddc {variant}" for variant in CUDA_BENCH_VARIANTS}
+    assert all((tmp_path / "build" / entry["module"]).stat().st_size > 0 for entry in plan["modules"].values())
 
 
 @pytest.mark.parametrize("args,message", [
@@ -80,3 +91,27 @@ def test_kernel_work_is_estimated_per_image_and_scaled_by_the_batch(tmp_path):
     timings = saddc.load(tmp_path / "linear.so").time_kernels(np.ones((3, rows, inner), "float32"), repeat=1)
     assert timings[name]["flops"] == 3 * (2 * rows * inner * columns + rows * columns)
     assert timings[name]["bytes"] == 4 * (3 * rows * inner + inner * columns + columns + 3 * rows * columns)
+
+
+def test_gpu_session_jobs_call_this_trees_commands(tmp_path):
+    """The GPU session kit's jobs (benchmarks/gpu_session.py, run on a GPU machine) name
+    saddc command lines its parser accepts and scripts of this tree, so a renamed option
+    fails here rather than in a scarce GPU session."""
+    import sys  # pylint: disable=import-outside-toplevel
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    from saddc.cli import build_parser  # pylint: disable=import-outside-toplevel
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import gpu_session  # pylint: disable=import-outside-toplevel
+
+    jobs = gpu_session.jobs(tmp_path, trials=8)
+    assert [name for name, _, _ in jobs] == list(gpu_session.ESTIMATES)
+    for name, argv, _ in jobs:
+        if argv[1:3] == ["-m", "saddc"]:
+            args = build_parser().parse_args(argv[3:])
+            assert args.target == "cuda", name
+        for word in " ".join(argv).split():
+            if word.startswith(("benchmarks/", "examples/")):
+                assert (root / word.split(":")[0]).is_file(), (name, word)

@@ -30,7 +30,7 @@ def run_gate(disable_matmul_rule: bool) -> subprocess.CompletedProcess:
 def test_gate_passes_on_this_tree():
     result = run_gate(disable_matmul_rule=False)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert "gate: pass" in result.stdout and "fused_matmul_add" in result.stdout
+    assert "gate (llvm): pass" in result.stdout and "fused_matmul_add" in result.stdout
 
 
 def test_gate_fails_on_a_deliberately_bad_schedule():
@@ -38,4 +38,14 @@ def test_gate_fails_on_a_deliberately_bad_schedule():
     assert result.returncode == 1, result.stdout + result.stderr[-2000:]
     regressions = [line for line in result.stdout.splitlines() if line.startswith("REGRESSION")]
     assert any("plain/fused_matmul_add:" in line for line in regressions), result.stdout
-    assert "gate: FAIL" in result.stdout
+    assert "gate (llvm): FAIL" in result.stdout
+
+
+def test_cuda_reference_kernel_builds_without_a_gpu():
+    """The CUDA gate's yardstick (timed where a GPU is visible) compiles here to a fatbin."""
+    sys.path.insert(0, str(GATE.parent))
+    import latency_gate  # pylint: disable=import-outside-toplevel
+    from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
+
+    library = latency_gate.reference_library(parse_target("cuda"))
+    assert any(module.kind == "cuda" for module in library.mod.imports)

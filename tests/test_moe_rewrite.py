@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 
 import saddc
 from conftest import ort_outputs, random_input, relative_error, run_saddc
 from model_zoo import IMAGE, build
-from saddc.config import MoEOptions, ShiftOptions
+from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
 from saddc.errors import ConfigError
 from saddc.frontends import import_onnx, load_onnx
 from saddc.frontends.torch_export import export_onnx
 from saddc.nn import MoELinear, replace_linear_with_moe, round_weights_to_shift
-from saddc.passes import find_linear_layers, find_moe_layers
-from saddc.pipeline import cleanup_passes
+from saddc.passes import DispatchHandScheduledKernels, find_linear_layers, find_moe_layers
+from saddc.pipeline import cleanup_passes, run_phases
+from saddc.schedules.rules import HAND_SCHEDULED, KERNEL_ATTR, KERNEL_PARAMS_ATTR
 from test_api import small_mlp
 
 TOLERANCE = 1e-5
@@ -129,11 +131,38 @@ def test_cli_moe_reports_ratio_and_error(models, tmp_path, calibration):
 
 
 def test_cuda_builds(models, tmp_path, calibration):
-    for name, moe in (("moe-deit-legacy", None), ("pvt", MoEOptions(calibration=calibration, measure_error=False)),
-                      ("deit", MoEOptions(calibration=calibration))):
-        result = saddc.compile(models[name], target="cuda", output=tmp_path / f"{name}.so", moe=moe)
-        assert (tmp_path / f"{name}.so").exists() and result.reports["moe"].layers
-    assert 0.9 < result.reports["moe"].end_to_end["cosine"] < 1.0, "measured on the CPU with the CPU kernels"
+    additive = AttentionOptions("additive", calibration=calibration)
+    cases = (("moe-deit-legacy", {}), ("pvt", {"moe": MoEOptions(calibration=calibration, measure_error=False)}),
+             ("deit", {"moe": MoEOptions(calibration=calibration)}),
+             # The rewrites after the MoE passes measure their error on the CPU through the
+             # dispatch's kernels, which are in their CPU form until the schedule phase.
+             ("moe-deit-legacy", {"attention": additive}),
+             ("deit", {"moe": MoEOptions(calibration=calibration), "attention": additive,
+                       "shift": ShiftOptions("attn", lossy=True, calibration=calibration)}))
+    for index, (name, options) in enumerate(cases):
+        result = saddc.compile(models[name], target="cuda", output=tmp_path / f"{index}.so", **options)
+        assert (tmp_path / f"{index}.so").exists() and result.reports["moe"].layers
+        if options.get("moe") is not None and options["moe"].measure_error:
+            assert 0.9 < result.reports["moe"].end_to_end["cosine"] < 1.0, "measured on the CPU with the CPU kernels"
+    assert 0.9 < result.reports["attention"].end_to_end["cosine"] < 1.0
+
+
+def test_dispatch_kernels_are_emitted_for_the_cpu_and_rebuilt_for_the_target(models):
+    """The MoE passes emit the partition and segment kernels in their CPU form; the schedule
+    phase's first pass puts their CUDA form, built from the same parameters, in place."""
+    config = saddc.LowerConfig(target="cuda")
+    reparameterized = run_phases(import_onnx(models["moe-deit-legacy"]).mod, config, until="reparameterize")
+    kernels = {gvar.name_hint: func for gvar, func in reparameterized.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc) and str(func.attrs.get(KERNEL_ATTR)) in HAND_SCHEDULED}
+    assert {str(func.attrs[KERNEL_ATTR]) for func in kernels.values()} == set(HAND_SCHEDULED)
+    assert not any("blockIdx" in func.script() for func in kernels.values())
+    dispatched = DispatchHandScheduledKernels(config.target)(reparameterized)
+    for name, cpu_form in kernels.items():
+        params = {str(key): int(value) for key, value in cpu_form.attrs[KERNEL_PARAMS_ATTR].items()}
+        cuda_form = HAND_SCHEDULED[str(cpu_form.attrs[KERNEL_ATTR])](**params, is_cuda=True)
+        assert tvm_ffi.structural_equal(dispatched[name], cuda_form.with_attrs(dict(cpu_form.attrs)))
+        assert "blockIdx" in dispatched[name].script()
+    assert DispatchHandScheduledKernels(saddc.LowerConfig(target="llvm").target)(reparameterized).same_as(reparameterized)
 
 
 def test_bad_moe_requests_are_clear_errors(models, tmp_path):
