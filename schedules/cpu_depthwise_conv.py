@@ -27,7 +27,7 @@ import math
 
 from tvm import s_tir, tirx
 
-from saddc.schedules.cpu_reduction_rule import CPUReductionRule
+from saddc.schedules.cpu_reduction_rule import CPUReductionRule, accumulator_reader, finish_accumulator
 from saddc.schedules.simd import simd_lanes, target_lanes
 
 # 7x7, the largest depthwise kernel in common ViT hybrids (ConvNeXt-style blocks).
@@ -62,23 +62,15 @@ class CPUDepthwiseConv(CPUReductionRule):
         tile, lane = sch.split(column, [None, lanes])
         sch.reorder(*outer, row, tile, *loops[spatial:], lane)
         plane = sch.fuse(*outer)
-        # The block that reads the accumulator: the epilogue, or a write-back made for it.
-        output = epilogue[-1] if epilogue else sch.cache_write(main, 0, "local")
+        output = accumulator_reader(sch, main, epilogue)
         sch.reverse_compute_at(output, tile)
         for block in reversed(prologue):
             sch.compute_at(block, plane)
-        # Parallel and vectorize before the init is split off: afterwards two blocks write the
-        # accumulator, which these primitives reject. A one-lane split leaves no loop of its
-        # own in the init and the output.
         sch.parallel(plane)
+        # A one-lane split leaves no loop of its own in the init and the output.
         if lanes > 1:
             sch.vectorize(lane)
         for loop in loops[spatial:]:
             sch.unroll(loop)
-        if epilogue:
-            sch.set_scope(main, 0, "local")
-        init = sch.decompose_reduction(main, loops[spatial])
-        if lanes > 1:
-            sch.vectorize(sch.get_loops(init)[-1])
-            sch.vectorize(sch.get_loops(output)[-1])
+        finish_accumulator(sch, main, output, loops[spatial], bool(epilogue), vectorized=lanes > 1)
         return sch

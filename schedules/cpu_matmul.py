@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from saddc.schedules.cpu_reduction_rule import CPUReductionRule
+from saddc.schedules.cpu_reduction_rule import CPUReductionRule, accumulator_reader, finish_accumulator
 from saddc.schedules.simd import simd_lanes, target_lanes
 
 # MR x NR accumulators: 4 rows by 2 vectors is 8 of AVX-512's 32 vector registers (AVX2's 16
@@ -62,20 +62,18 @@ class CPUMatmul(CPUReductionRule):
             return None
         for block in padding:
             sch.parallel(sch.fuse(*sch.get_loops(block)))
-        # The block that reads the accumulator: the epilogue, or a write-back made for it.
-        output = epilogue[-1] if epilogue else sch.cache_write(main, 0, "local")
+        output = accumulator_reader(sch, main, epilogue)
         if len(sch.get_loops(main)) != len(kinds):
             return None
-        register_block(sch, main, output, lanes, accumulates_locally=not epilogue)
+        register_block(sch, main, output, lanes, has_epilogue=bool(epilogue))
         return sch
 
 
-def register_block(sch: s_tir.Schedule, main, output, lanes: int, accumulates_locally: bool = False) -> None:
+def register_block(sch: s_tir.Schedule, main, output, lanes: int, has_epilogue: bool = True) -> None:
     """Tile the matmul block ``main`` (spatial loops, then rows, columns, one innermost reduction)
     into the MR x NR register-blocked GEMM of the module doc, ``lanes`` being the target's float32
-    SIMD width. ``output``, the block that reads the accumulator, runs once per row tile. The
-    accumulator moves to registers unless it is there already (``accumulates_locally``: ``main``
-    writes a ``cache_write`` buffer)."""
+    SIMD width. ``output``, the block that reads the accumulator (``accumulator_reader``), runs
+    once per row tile."""
     loops = sch.get_loops(main)
     columns = int(sch.get(loops[-2]).extent)
     lanes = simd_lanes(columns, lanes)
@@ -85,13 +83,7 @@ def register_block(sch: s_tir.Schedule, main, output, lanes: int, accumulates_lo
     jo, ji = sch.split(j, [None, panel])
     sch.reorder(*outer, jo, io, k, ii, ji)
     sch.reverse_compute_at(output, io)
-    # Parallel and vectorize before the init is split off: afterwards two blocks write
-    # the accumulator, which these primitives reject.
     sch.parallel(sch.fuse(*outer, jo, io))
     sch.vectorize(ji)
     sch.unroll(ii)
-    if not accumulates_locally:
-        sch.set_scope(main, 0, "local")
-    init = sch.decompose_reduction(main, k)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(output)[-1])
+    finish_accumulator(sch, main, output, k, has_epilogue)

@@ -1,6 +1,6 @@
 """The base of saddc's CPU rules for functions built around one reduction (a matmul, a
 depthwise conv): the rest of the function is injective, a prologue to inline or place and an
-epilogue to run once per output tile."""
+epilogue to run once per output tile; and the accumulator steps both rules end with."""
 
 from __future__ import annotations
 
@@ -28,3 +28,25 @@ class CPUReductionRule(CPUScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule, infos: list, position: int, target):
         raise NotImplementedError
+
+
+def accumulator_reader(sch: s_tir.Schedule, main, epilogue: list):
+    """The block that reads the reduction block ``main``'s accumulator: the last epilogue block,
+    or, without an epilogue, a write-back made for it (a ``cache_write``, which leaves ``main``
+    accumulating in a local buffer)."""
+    return epilogue[-1] if epilogue else sch.cache_write(main, 0, "local")
+
+
+def finish_accumulator(sch: s_tir.Schedule, main, reader, reduction_loop, has_epilogue: bool,
+                       vectorized: bool = True) -> None:
+    """Keep ``main``'s accumulator in registers (where ``accumulator_reader`` did not already),
+    split its initialization off at ``reduction_loop``, and vectorize the innermost loops of
+    the initialization and of ``reader`` (when the rule vectorized ``main``). Call after the
+    rule's parallel and vectorize steps: afterwards two blocks write the accumulator, which
+    those primitives reject."""
+    if has_epilogue:
+        sch.set_scope(main, 0, "local")
+    init = sch.decompose_reduction(main, reduction_loop)
+    if vectorized:
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(reader)[-1])
