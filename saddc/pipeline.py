@@ -10,7 +10,7 @@
     schedule         kernel schedules for the target: the target's form of the hand-scheduled
                      kernels (the MoE dispatch's, emitted in their CPU form), a tuning
                      database's records, saddc's kernels, then DLight's rules and saddc's CPU
-                     matmul, depthwise-conv and injective rules for the rest
+                     matmul, depthwise-conv, injective and row-reduction rules for the rest
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 
 Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.
@@ -138,16 +138,18 @@ def schedule_rules(config: LowerConfig) -> list:
     from saddc.schedules.cpu_depthwise_conv import CPUDepthwiseConv
     from saddc.schedules.cpu_injective import CPUInjective
     from saddc.schedules.cpu_matmul import CPUMatmul
+    from saddc.schedules.cpu_row_reduction import CPURowReduction
     from saddc.schedules.rules import FallThroughOnError, SaddcKernels
 
     # saddc's kernels carry their own schedules; the rest of the model goes to DLight's rules,
-    # on the CPU with saddc's matmul, depthwise-conv and injective rules beside DLight's
-    # reductions. The injective rule goes before DLight's GEMV, which asserts on a reduction
+    # on the CPU with saddc's matmul, depthwise-conv, injective and row-reduction (softmax,
+    # layer norm) rules beside DLight's reductions. The injective rule goes before DLight's GEMV, which asserts on a reduction
     # over one element (LeViT's K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
         return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), dl.cpu.GEMV(),
+            dl.cpu.Reduction()]
 
 
 def schedule_passes(config: LowerConfig) -> list:

@@ -1,5 +1,5 @@
 """saddc's CPU schedule rules (register-blocked matmul, depthwise conv, injective with tiled
-transposes) and the conv-to-matmul rewrite on the shapes a ViT gives them: numerics against
+transposes, row reductions) and the conv-to-matmul rewrite on the shapes a ViT gives them: numerics against
 numpy and torch, and proof that the rule scheduled the kernel (parallel and vector loops, a
 transpose's tiles) rather than leaving it to run one scalar at a time."""
 
@@ -33,6 +33,12 @@ def lowered_and_run(build_body, inputs):
 
 def scheduled(script: str) -> bool:
     return "T.parallel" in script and "T.vectorized" in script
+
+
+def one_parallel_loop(script: str) -> bool:
+    """The function body is a single loop nest, its outer loop parallel."""
+    outer = re.findall(r"^    for .*$", script, flags=re.M)
+    return len(outer) == 1 and "T.parallel" in outer[0]
 
 
 def random(*shape, seed=0):
@@ -86,6 +92,29 @@ def test_transpose_is_tiled():
     tile = re.search(r"T\.parallel.*\n\s+for \w+ in range\(T\.int64\((\d+)\)\):\n"
                      r"\s+for \w+ in T\.vectorized\(T\.int64\((\d+)\)\)", kernel)
     assert tile and tile.group(1) == tile.group(2), kernel
+
+
+@pytest.mark.parametrize("shape", [(3, 197, 197), (2, 5, 64)])
+def test_softmax_is_one_parallel_pass_over_rows(shape):
+    """Each row's max, exp sum and normalization in one parallel loop over rows; rows that fill
+    whole vectors reduce in vector lanes (partial results, then a horizontal step)."""
+    x = random(*shape) * 4
+    result, kernels = lowered_and_run(lambda v: relax.op.nn.softmax(v, axis=-1), [x])
+    exp = np.exp(x - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(result, exp / exp.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    (kernel,) = kernels.values()
+    assert one_parallel_loop(kernel), kernel
+    assert ("_rf" in kernel and "T.vectorized" in kernel) == (shape[-1] % 4 == 0), kernel
+
+
+def test_layer_norm_reduces_each_row_in_vector_lanes():
+    x, gamma, beta = random(2, 197, 192), random(192, seed=1), random(192, seed=2)
+    result, kernels = lowered_and_run(
+        lambda v, g, b: relax.op.nn.layer_norm(v, g, b, axes=[-1], epsilon=1e-6), [x, gamma, beta])
+    mean, var = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)
+    np.testing.assert_allclose(result, (x - mean) / np.sqrt(var + 1e-6) * gamma + beta, rtol=1e-4, atol=1e-4)
+    (kernel,) = kernels.values()
+    assert one_parallel_loop(kernel) and kernel.count("_rf_update") == 2 and scheduled(kernel), kernel
 
 
 def conv2d_reference(x, weight, bias, stride, padding, dilation=1, groups=1):

@@ -107,7 +107,7 @@ def test_shipped_database_schedules_the_example_model_at_batch_one(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"from {shipped}" in result.stdout
     tuned = json.loads(output.with_suffix(".json").read_text())["tuning"]["tuned"]
-    assert {"fast_softmax", "layer_norm"} <= set(tuned), tuned
+    assert "fast_softmax" in tuned, tuned
 
     import saddc  # pylint: disable=import-outside-toplevel
 
