@@ -52,7 +52,6 @@ COMPILER = "libtvm_compiler.so"
 TVM_LEFT_BEHIND = ("3rdparty", "src", "include", "web", f"lib/{COMPILER}")
 WHEELS = ("apache-tvm-ffi", "xgboost-cpu")
 DEPLOY_MODULE = "deploy_cuda.so"
-MODELS = ("deit_tiny", "pvtv2_b0")
 
 
 def pack(python: str) -> None:
