@@ -193,22 +193,20 @@ def jobs(out: Path, trials: int) -> list[tuple[str, list[str], dict]]:
 
 def export(models: Path) -> None:
     """The example models as the CPU benchmarks exported them (seed 0, dynamo, opset 18, symbolic
-    batch), and DeiT-Tiny at batch 1 for tuning (static shapes)."""
+    batch), and DeiT-Tiny as ``tune_examples.py`` exports it for tuning (batch 1, static shapes)."""
     # pylint: disable=import-outside-toplevel
     import torch
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    from deit_tiny import deit_tiny
-    from pvtv2_b0 import pvtv2_b0
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # tune_examples puts examples/ on the path too
+    from tune_examples import MODELS, export_batch_one
 
     from saddc.frontends.torch_export import export_onnx
 
     models.mkdir(parents=True, exist_ok=True)
-    for name, factory in (("deit_tiny", deit_tiny), ("pvtv2_b0", pvtv2_b0)):
+    for name, factory in MODELS.items():
         torch.manual_seed(0)
         export_onnx(factory(), torch.zeros(2, 3, 224, 224), models / f"{name}.onnx", "dynamo", 18, dynamic_batch=True)
-    torch.manual_seed(0)
-    export_onnx(deit_tiny(), torch.zeros(1, 3, 224, 224), models / "deit_tiny_b1.onnx", "legacy", 17)
+    export_batch_one("deit_tiny", models / "deit_tiny_b1.onnx")
 
 
 def run(out: Path, deadline_minutes: float, only: list[str] | None, trials: int, estimates: dict) -> int:

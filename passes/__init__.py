@@ -22,7 +22,8 @@ from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork", "KernelWork",
-    "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport", "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
+    "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport",
+    "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
 ]

@@ -13,8 +13,8 @@ For one layer ``y = MoE(x)`` with a two-output router and two experts, it emits:
 M is static; each expert's kernel touches only its own rows (schedules/segmented_gemm.py).
 The partition and segment kernels are emitted in their CPU form, so a rewritten module runs
 on the CPU whatever the target (the passes measure their error there); the schedule phase
-puts the target's form in place (``passes/dispatch_hand_scheduled_kernels.py``). An expert whose weights are signed powers of two runs as a shift expert (exactly); others run
-dense.
+puts the target's form in place (``passes/dispatch_hand_scheduled_kernels.py``). An expert
+whose weights are signed powers of two runs as a shift expert (exactly); others run dense.
 
 ``emit_select`` emits the other way to compute the same layer: both experts on every token as
 Relax matmuls, then ``where`` on the router's choice. It is the baseline the benchmark and the

@@ -143,8 +143,9 @@ def schedule_rules(config: LowerConfig) -> list:
 
     # saddc's kernels carry their own schedules; the rest of the model goes to DLight's rules,
     # on the CPU with saddc's matmul, depthwise-conv, injective and row-reduction (softmax,
-    # layer norm) rules beside DLight's reductions. The injective rule goes before DLight's GEMV, which asserts on a reduction
-    # over one element (LeViT's K=1 matmuls) that normalizes to an injective block.
+    # layer norm) rules beside DLight's reductions. The injective rule goes before DLight's
+    # GEMV, which asserts on a reduction over one element (LeViT's K=1 matmuls) that
+    # normalizes to an injective block.
     if config.target.is_cuda:
         return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]

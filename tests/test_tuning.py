@@ -96,12 +96,11 @@ def test_shipped_database_schedules_the_example_model_at_batch_one(tmp_path):
     shipped = shipped_database(parse_target("llvm"))
     if shipped is None:
         pytest.skip("saddc ships no tuning database for this CPU")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from deit_tiny import deit_tiny  # pylint: disable=import-outside-toplevel
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tune_examples import export_batch_one  # pylint: disable=import-outside-toplevel
 
-    torch.manual_seed(0)
     x = random_input((1, 3, 224, 224))
-    model = export_onnx(deit_tiny().eval(), torch.from_numpy(x), tmp_path / "deit.onnx", "legacy", 17)
+    model = export_batch_one("deit_tiny", tmp_path / "deit.onnx")
     output = tmp_path / "deit.so"
     result = run_saddc("compile", model, "-o", output)
     assert result.returncode == 0, result.stderr
