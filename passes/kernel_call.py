@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from saddc.schedules.rules import HAND_SCHEDULED, KERNEL_ATTR, KERNEL_PARAMS_ATTR
+from saddc.target import parse_target
 
 # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone.
 _OPAQUE = 8
@@ -30,11 +31,12 @@ def emit_kernel(builder: relax.BlockBuilder, compute, *args, kernel: str, name: 
 def call_hand_scheduled_kernel(builder: relax.BlockBuilder, kernel: str, params: dict, args: list, out_ty,
                                inplace_index: int | None = None) -> relax.Var:
     """A call of the hand-scheduled kernel ``kernel`` (a key of ``schedules.rules.HAND_SCHEDULED``)
-    of shape ``params``, in its CPU form: that form runs wherever a pass measures its error, and
-    the schedule phase puts the target's form in its place (the parameters ride along in
-    ``saddc.kernel_params``). With ``inplace_index`` the kernel updates that argument in place
-    (``call_tir_inplace``) instead of allocating its output."""
-    func = HAND_SCHEDULED[kernel](**params, is_cuda=False)
+    of shape ``params``, in its form for this machine's CPU: a rewritten module runs here, where
+    each lossy pass measures its error, whatever the target; the schedule phase puts the
+    target's form in its place (the parameters ride along in ``saddc.kernel_params``). With
+    ``inplace_index`` the kernel updates that argument in place (``call_tir_inplace``) instead
+    of allocating its output."""
+    func = HAND_SCHEDULED[kernel](**params, target=parse_target("llvm").to_tvm())
     func = func.with_attrs({KERNEL_ATTR: kernel, KERNEL_PARAMS_ATTR: params, "op_pattern": _OPAQUE})
     gvar = builder.add_func(func, kernel)
     if inplace_index is None:

@@ -33,7 +33,7 @@ SCHEDULES = {
     "permute_rows": permute_rows.schedule,
 }
 # Kernel tag -> the builder of a kernel written with its schedule in place (``tirx.is_scheduled``,
-# so DLight passes it by): ``builder(**params, is_cuda=...)``. Their writes go to data-dependent
+# so DLight passes it by): ``builder(**params, target=...)``. Their writes go to data-dependent
 # addresses, which TensorIR's schedule primitives cannot express.
 HAND_SCHEDULED = {
     "token_partition": token_partition.token_partition,

@@ -35,26 +35,32 @@ from tvm.script import tirx as T
 
 from saddc.schedules.shift_codes import ShiftWeights, codes_per_word, reference_matmul
 from saddc.schedules.shift_gemm import decoded_weight, packed_code, shifted_product
-from saddc.schedules.simd import simd_lanes
+from saddc.schedules.simd import simd_lanes, target_lanes
 
-__all__ = ["DENSE", "SHIFT", "KINDS", "dense_segment", "shift_segment", "segmented_reference"]
+__all__ = ["DENSE", "SHIFT", "KINDS", "cpu_tile", "dense_segment", "shift_segment", "segmented_reference"]
 
 DENSE = "dense"
 SHIFT = "shift"
 KINDS = (DENSE, SHIFT)
 
-# Rows a tile (sharing each weight load); output channels a CUDA thread block spans. A CPU tile
-# is ROWS_CPU rows by two SIMD_FLOATS-wide vectors of channels: 16 accumulator registers on
-# AVX-512 (DeiT-Tiny's MoE MLPs ran their four segments 1.4-2.4x faster, 1.7x together, than
-# with 4 rows by one vector). The CPU form is built before the target is known; on AVX2 the same tile needs 32
-# ymm accumulators and spills.
-ROWS_CPU = 8
-SIMD_FLOATS = 16
-# CPU row tiles are visited in this many interleaved passes (see the CPU kernel).
+# CPU row tiles (shaped by ``cpu_tile``) are visited in this many interleaved passes (see the CPU
+# kernel).
 INTERLEAVE = 8
+# Rows of a CUDA tile (sharing each weight load); output channels a CUDA thread block spans.
 ROWS_CUDA = 4
 THREADS_N = 64
 THREADS_M = 4
+
+
+def cpu_tile(target) -> tuple[int, int]:
+    """(rows, output channels) of the CPU kernel's register tile on ``target``: two vectors of
+    channels by as many rows as keep the accumulators within the vector registers beside the
+    weight and activation loads: 8 rows with AVX-512's 32 registers (16 accumulators), 6 with
+    the 16 of AVX2 or SSE (12). Measured on the dense 192 -> 768 segment of 1576 rows (Zen 5,
+    two cores): AVX-512 8 x 32 1.98 ms (4 x 32 2.34); AVX2 6 x 16 3.9 ms (8 x 32, which spills,
+    6.5); SSE 6 x 8 10.6 ms (8 x 32 14.7)."""
+    vector = target_lanes(target)
+    return (8 if vector == 16 else 6), 2 * vector
 
 
 def segmented_reference(xs: np.ndarray, offsets: np.ndarray, experts: list) -> np.ndarray:
@@ -74,30 +80,30 @@ def _out_features(expert) -> int:
     return weights.out_features if isinstance(weights, ShiftWeights) else weights.shape[1]
 
 
-def dense_segment(expert: int, in_features: int, out_features: int, is_cuda: bool) -> tirx.PrimFunc:
+def dense_segment(expert: int, in_features: int, out_features: int, target) -> tirx.PrimFunc:
     """``ys[m] = xs[m] @ weight + bias`` for expert ``expert``'s rows."""
 
     def product(xs, weight, m, k, n):
         return xs[m, k] * weight[k, n]
 
     weight_shape = (in_features, out_features)
-    return _segment_kernel(expert, in_features, out_features, is_cuda, product, ("float32",), (weight_shape,),
+    return _segment_kernel(expert, in_features, out_features, target, product, ("float32",), (weight_shape,),
                            reduce_extent=(in_features, 1))
 
 
-def shift_segment(expert: int, in_features: int, out_features: int, bits: int, is_cuda: bool) -> tirx.PrimFunc:
+def shift_segment(expert: int, in_features: int, out_features: int, bits: int, target) -> tirx.PrimFunc:
     """``ys[m] = xs[m] @ W + bias`` for expert ``expert``'s rows, ``W`` in the packed shift format."""
     per_word = codes_per_word(bits)
     words = -(-in_features // per_word)
     weight_dtypes, weight_shapes = ("uint32", "int32"), ((words, out_features), (out_features,))
-    if not is_cuda:
+    if target.kind.name != "cuda":
         def decode(packed, exponents, k, n):
             return decoded_weight(packed_code(packed, k // per_word, k % per_word, n, bits), exponents[n], bits)
 
         def dense_product(xs, decoded, _exponents, m, k, _, n):
             return xs[m, k] * decoded[k, n]
 
-        return _segment_kernel(expert, in_features, out_features, is_cuda, dense_product, weight_dtypes,
+        return _segment_kernel(expert, in_features, out_features, target, dense_product, weight_dtypes,
                                weight_shapes, reduce_extent=(in_features, 1), decode=decode)
 
     def product(xs, packed, exponents, m, word, lane, n):
@@ -105,11 +111,11 @@ def shift_segment(expert: int, in_features: int, out_features: int, bits: int, i
         k = tirx.min(word * per_word + lane, in_features - 1)
         return shifted_product(xs[m, k], packed_code(packed, word, lane, n, bits), exponents[n], bits)
 
-    return _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_dtypes, weight_shapes,
+    return _segment_kernel(expert, in_features, out_features, target, product, weight_dtypes, weight_shapes,
                            reduce_extent=(words, per_word))
 
 
-def _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_dtypes, weight_shapes,
+def _segment_kernel(expert, in_features, out_features, target, product, weight_dtypes, weight_shapes,
                     reduce_extent, decode=None):
     """The CPU or CUDA kernel around ``product``: a dense expert has one weight buffer and a
     plain k loop; a shift expert has two (packed codes, exponents) and a (word, lane) loop, or
@@ -124,17 +130,18 @@ def _segment_kernel(expert, in_features, out_features, is_cuda, product, weight_
     # A dense expert's kernel is written with a second weight buffer like a shift expert's and
     # loses it afterwards, so one kernel text serves both kinds.
     weights = (weight_shapes[0], weight_dtypes[0], weight_shapes[-1], weight_dtypes[-1])
-    if is_cuda:
+    if target.kind.name == "cuda":
         kernel = _cuda_kernel(expert, in_features, out_features, term, weights, reduce_extent)
     else:
-        kernel = _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode)
+        kernel = _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode,
+                             cpu_tile(target))
     return _drop_unused_second(kernel, two_buffers)
 
 
-def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode):
+def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode, tile_shape):
     decodes = decode is not None
-    lanes = simd_lanes(out_features, 2 * SIMD_FLOATS)
-    rows = ROWS_CPU
+    rows, widest = tile_shape
+    lanes = simd_lanes(out_features, widest)
     outer, inner = reduce_extent
     first_shape, first_dtype, second_shape, second_dtype = weights
 

@@ -143,6 +143,6 @@ def _cuda_kernel(experts: int) -> tirx.PrimFunc:
     return token_partition
 
 
-def token_partition(experts: int, is_cuda: bool) -> tirx.PrimFunc:
-    """The partition kernel for ``experts`` experts, scheduled for CUDA or the CPU."""
-    return (_cuda_kernel if is_cuda else _cpu_kernel)(experts)
+def token_partition(experts: int, target) -> tirx.PrimFunc:
+    """The partition kernel for ``experts`` experts, scheduled for ``target`` (CUDA or a CPU)."""
+    return (_cuda_kernel if target.kind.name == "cuda" else _cpu_kernel)(experts)

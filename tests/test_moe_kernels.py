@@ -11,12 +11,18 @@ from conftest import build_te_kernel, run_te_kernel
 from saddc.census import ptx_census
 from saddc.schedules import permute_rows, segmented_gemm, shift_codes, token_partition
 from saddc.schedules.segmented_gemm import DENSE, SHIFT
+from saddc.target import parse_target
 
 CUDA = {"kind": "cuda", "arch": "sm_90"}
 
 
-def compile_cpu(func, name):
-    return tvm.compile(func.with_attr("global_symbol", name), target="llvm")
+HOST = parse_target("llvm").to_tvm()
+# CPU targets this machine runs, whose segment tiles differ (8 x 32 on AVX-512 hosts, 6 x 8 on SSE).
+CPU_TARGETS = {"host": HOST, "x86-64": parse_target("llvm", "x86-64").to_tvm()}
+
+
+def compile_cpu(func, name, target=HOST):
+    return tvm.compile(func.with_attr("global_symbol", name), target=target)
 
 
 def choices(tokens, experts, split, seed=0):
@@ -30,7 +36,7 @@ def choices(tokens, experts, split, seed=0):
 @pytest.mark.parametrize("tokens", [1, 63, 64, 65, 394, 4099])
 @pytest.mark.parametrize("split", ["random", "all-first", "all-last"])
 def test_partition_is_the_stable_partition(experts, tokens, split):
-    kernel = compile_cpu(token_partition.token_partition(experts, is_cuda=False), "partition")
+    kernel = compile_cpu(token_partition.token_partition(experts, HOST), "partition")
     choice = choices(tokens, experts, split, seed=tokens)
     outputs = [tvm.runtime.empty((tokens,), "int32"), tvm.runtime.empty((tokens,), "int32"),
                tvm.runtime.empty((experts + 1,), "int32")]
@@ -63,11 +69,11 @@ def experts_for(in_features, out_features, kinds, seed=2):
     return experts
 
 
-def segment_kernel(index, expert, in_features, out_features, is_cuda=False):
+def segment_kernel(index, expert, in_features, out_features, target=HOST):
     kind, weights, _ = expert
     if kind == SHIFT:
-        return segmented_gemm.shift_segment(index, in_features, out_features, weights.bits, is_cuda)
-    return segmented_gemm.dense_segment(index, in_features, out_features, is_cuda)
+        return segmented_gemm.shift_segment(index, in_features, out_features, weights.bits, target)
+    return segmented_gemm.dense_segment(index, in_features, out_features, target)
 
 
 def weight_args(expert):
@@ -78,7 +84,8 @@ def weight_args(expert):
 
 @pytest.mark.parametrize("kinds", [(DENSE, SHIFT), (SHIFT, DENSE), (DENSE, DENSE)])
 @pytest.mark.parametrize("tokens,first", [(13, 5), (13, 0), (13, 13), (1, 1), (16, 8), (16, 7), (197, 120)])
-def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, first):
+@pytest.mark.parametrize("cpu", CPU_TARGETS)
+def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, first, cpu):
     in_features, out_features = 20, 48
     experts = experts_for(in_features, out_features, kinds)
     rng = np.random.default_rng(tokens)
@@ -86,7 +93,8 @@ def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, fir
     offsets = np.array([0, first, tokens], "int32")
     ys = tvm.runtime.tensor(np.full((tokens, out_features), np.nan, "float32"))
     for index, expert in enumerate(experts):
-        kernel = compile_cpu(segment_kernel(index, expert, in_features, out_features), f"segment{index}")
+        kernel = compile_cpu(segment_kernel(index, expert, in_features, out_features, CPU_TARGETS[cpu]),
+                             f"segment{index}", CPU_TARGETS[cpu])
         kernel(tvm.runtime.tensor(xs), tvm.runtime.tensor(offsets), *weight_args(expert), ys)
         # Rows of the other expert are left alone (still NaN until their kernel runs).
         untouched = ys.numpy()[first:] if index == 0 else None
@@ -94,6 +102,13 @@ def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, fir
             assert np.isnan(untouched).all()
     expected = segmented_gemm.segmented_reference(xs, offsets, experts)
     np.testing.assert_allclose(ys.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_tiles_fit_the_target_vector_registers():
+    """Two vectors of channels; 16 accumulators in AVX-512's 32 registers, 12 in AVX2's or SSE's 16."""
+    tiles = {cpu: segmented_gemm.cpu_tile(parse_target("llvm", cpu).to_tvm())
+             for cpu in ("skylake-avx512", "haswell", "x86-64")}
+    assert tiles == {"skylake-avx512": (8, 32), "haswell": (6, 16), "x86-64": (6, 8)}
 
 
 def test_shift_rows_are_bit_exact_with_the_shift_reference():
@@ -124,9 +139,10 @@ def cuda_census(func, name):
 
 
 def test_cuda_kernels_build_and_shift_rows_have_no_float_multiply(cuda_codegen):
-    assert cuda_census(token_partition.token_partition(2, is_cuda=True), "partition")
-    dense = cuda_census(segmented_gemm.dense_segment(0, 192, 768, is_cuda=True), "dense")
-    shift = cuda_census(segmented_gemm.shift_segment(1, 192, 768, 5, is_cuda=True), "shift")
+    cuda = tvm.target.Target(CUDA)
+    assert cuda_census(token_partition.token_partition(2, cuda), "partition")
+    dense = cuda_census(segmented_gemm.dense_segment(0, 192, 768, cuda), "dense")
+    shift = cuda_census(segmented_gemm.shift_segment(1, 192, 768, 5, cuda), "shift")
     assert dense["float_mul"] + dense.get("float_fma", 0) > 0
     assert shift["float_add"] > 0 and shift["float_mul"] == 0 and shift.get("float_fma", 0) == 0
     from saddc.cuda import nvcc_fatbin_compiler

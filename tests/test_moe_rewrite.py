@@ -23,6 +23,7 @@ from saddc.nn import MoELinear, replace_linear_with_moe, round_weights_to_shift
 from saddc.passes import DispatchHandScheduledKernels, find_linear_layers, find_moe_layers
 from saddc.pipeline import cleanup_passes, run_phases
 from saddc.schedules.rules import HAND_SCHEDULED, KERNEL_ATTR, KERNEL_PARAMS_ATTR
+from saddc.target import parse_target
 from test_api import small_mlp
 
 TOLERANCE = 1e-5
@@ -148,21 +149,26 @@ def test_cuda_builds(models, tmp_path, calibration):
 
 
 def test_dispatch_kernels_are_emitted_for_the_cpu_and_rebuilt_for_the_target(models):
-    """The MoE passes emit the partition and segment kernels in their CPU form; the schedule
-    phase's first pass puts their CUDA form, built from the same parameters, in place."""
+    """The MoE passes emit the partition and segment kernels in their form for this machine's
+    CPU; the schedule phase's first pass puts the target's form, built from the same
+    parameters, in place: the CUDA form, or a CPU form tiled for the target's registers."""
     config = saddc.LowerConfig(target="cuda")
     reparameterized = run_phases(import_onnx(models["moe-deit-legacy"]).mod, config, until="reparameterize")
     kernels = {gvar.name_hint: func for gvar, func in reparameterized.functions_items()
                if isinstance(func, tvm.tirx.PrimFunc) and str(func.attrs.get(KERNEL_ATTR)) in HAND_SCHEDULED}
     assert {str(func.attrs[KERNEL_ATTR]) for func in kernels.values()} == set(HAND_SCHEDULED)
     assert not any("blockIdx" in func.script() for func in kernels.values())
-    dispatched = DispatchHandScheduledKernels(config.target)(reparameterized)
-    for name, cpu_form in kernels.items():
-        params = {str(key): int(value) for key, value in cpu_form.attrs[KERNEL_PARAMS_ATTR].items()}
-        cuda_form = HAND_SCHEDULED[str(cpu_form.attrs[KERNEL_ATTR])](**params, is_cuda=True)
-        assert tvm_ffi.structural_equal(dispatched[name], cuda_form.with_attrs(dict(cpu_form.attrs)))
-        assert "blockIdx" in dispatched[name].script()
-    assert DispatchHandScheduledKernels(saddc.LowerConfig(target="llvm").target)(reparameterized).same_as(reparameterized)
+    for target in (config.target, parse_target("llvm", "x86-64")):
+        dispatched = DispatchHandScheduledKernels(target)(reparameterized)
+        for name, emitted in kernels.items():
+            params = {str(key): int(value) for key, value in emitted.attrs[KERNEL_PARAMS_ATTR].items()}
+            target_form = HAND_SCHEDULED[str(emitted.attrs[KERNEL_ATTR])](**params, target=target.to_tvm())
+            assert tvm_ffi.structural_equal(dispatched[name], target_form.with_attrs(dict(emitted.attrs)))
+            assert ("blockIdx" in dispatched[name].script()) == target.is_cuda
+    # The segment kernels' tiles differ between this machine's vector registers (AVX2 or AVX-512) and SSE's.
+    sse = DispatchHandScheduledKernels(parse_target("llvm", "x86-64"))(reparameterized)
+    segments = [name for name, func in kernels.items() if "segment" in str(func.attrs[KERNEL_ATTR])]
+    assert segments and all(not tvm_ffi.structural_equal(sse[name], kernels[name]) for name in segments)
 
 
 def test_bad_moe_requests_are_clear_errors(models, tmp_path):
