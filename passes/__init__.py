@@ -3,6 +3,7 @@
 from .apply_tuning_database import ApplyTuningDatabase, TuningReport
 from .attention_report import AttentionReport, AttentionSite
 from .build_moe_from_linear import BuildMoEFromLinear
+from .clip_fast_mode_takes import ClipFastModeTakes
 from .convert_to_float16 import ConvertToFloat16
 from .dispatch_hand_scheduled_kernels import DispatchHandScheduledKernels
 from .estimate_kernel_work import EstimateKernelWork, KernelWork
@@ -12,6 +13,7 @@ from .find_vit_blocks import (
     AttentionBlock, LinearLayer, SkippedSoftmax, find_attention_blocks, find_linear_layers,
     find_skipped_softmax,
 )
+from .fold_constant_where import FoldConstantWhere
 from .lower_binary_coded_attention import LowerBinaryCodedAttention
 from .lower_moe_dispatch import LowerMoEDispatch
 from .moe_dispatch import MoEReport
@@ -21,8 +23,9 @@ from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
 
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
-    "BuildMoEFromLinear", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork", "KernelWork",
-    "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch", "MoELayer", "MoEReport",
+    "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
+    "FoldConstantWhere", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
+    "MoELayer", "MoEReport",
     "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",

@@ -28,6 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from saddc.array_files import load_array_file
 from saddc.calibration import calibration_batches, cosine, output_error, probe, run
 from saddc.config import AttentionOptions
 from saddc.errors import ConfigError
@@ -69,10 +70,7 @@ def _load_projections(source, blocks: list[AttentionBlock]) -> dict[int, np.ndar
     """User projections by block index, from an array, a .npy (every block) or a .npz."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot read attention hash file {path}: {err}") from None
+        loaded = load_array_file(path, "attention hash file")
         if isinstance(loaded, np.lib.npyio.NpzFile):
             arrays = dict(loaded.items())
             missing = [str(b.index) for b in blocks if str(b.index) not in arrays]

@@ -120,7 +120,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
         if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
             raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {batch} needs a symbolic batch")
         x = np.random.default_rng(batch).standard_normal(shape).astype(spec.dtype)
-        runners, reference = _runners(build_dir, plan, modules, x, torch_model, is_cuda)
+        runners, reference = _runners(build_dir, modules, x, torch_model, is_cuda)
         seconds = time_side_by_side(runners, repeat, min_repeat_ms, f"timing batch {batch}")
         for runner in runners:
             agreement = None
@@ -147,7 +147,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
     }
 
 
-def _runners(build_dir, plan, modules, x, torch_model, is_cuda) -> tuple[list[Runner], np.ndarray]:
+def _runners(build_dir, modules, x, torch_model, is_cuda) -> tuple[list[Runner], np.ndarray]:
     """Every runner on input ``x``, and ONNX Runtime's output (the reference). On CUDA, ONNX
     Runtime (on the CPU) gives the reference only; the GPU runners are timed against TVM's
     default pipeline and torch."""

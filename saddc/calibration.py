@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from saddc.array_files import load_array_file
 from saddc.errors import ConfigError, SaddcWarning
 
 SYNTHETIC_BATCHES = 4
@@ -75,12 +76,7 @@ def _load(source) -> tuple[np.ndarray, str]:
     if isinstance(source, np.ndarray):
         return source, "(array)"
     path = Path(source)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ConfigError(f"calibration file not found: {path}") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read calibration file {path} as a .npy array: {err}") from None
+    array = load_array_file(path, "calibration file")
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
         raise ConfigError(f"calibration file {path} does not hold a numeric array")
     if not np.isfinite(array).all():

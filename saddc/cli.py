@@ -331,15 +331,17 @@ def cmd_bench(args) -> int:
         raise SaddcError(f"--batch wants comma-separated integers, got '{args.batch}'") from None
     if args.run is None and args.model is None:
         raise SaddcError("saddc bench needs a model (or --run DIR)")
-    prepare_directory(args.out)
     if args.run is not None:
         if not (Path(args.run) / "plan.json").exists():
             raise SaddcError(f"{args.run} holds no saddc bench build (plan.json): build with --build-only")
+        prepare_directory(args.out)
         return _bench_report(bench.run(Path(args.run), batches, args.repeat, args.torch), args.out)
     from saddc.frontends import load_onnx  # pylint: disable=import-outside-toplevel
 
-    load_onnx(args.model)  # a missing or broken model fails here, before any compiling
+    # A missing or broken model or calibration file fails here, before anything is written.
+    load_onnx(args.model)
     calibration = None if args.calibration is None else _read_npy(args.calibration)
+    prepare_directory(args.out)
     if args.build_only:
         bench.build(Path(args.model), args.target, args.arch, variants, Path(args.build_only), calibration)
         print(f"built into {args.build_only}; time with: saddc bench --run {args.build_only}")
@@ -373,14 +375,9 @@ def cmd_tune(args) -> int:
 
 
 def _read_npy(path: str):
-    import numpy as np  # pylint: disable=import-outside-toplevel
+    from saddc.array_files import load_array_file  # pylint: disable=import-outside-toplevel
 
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise SaddcError(f"input file not found: {path}") from None
-    except (OSError, ValueError) as err:
-        raise SaddcError(f"cannot read {path} as a .npy/.npz array: {err}") from None
+    return load_array_file(path, "input file")
 
 
 def cmd_finetune(args) -> int:

@@ -1,11 +1,13 @@
 """The saddc Relax pipeline, as phases.
 
-    cleanup          fold constants and decompose inference-only ops, so patterns see plain
-                     matmuls with constant weights
+    cleanup          fold constants (and the run-time index arithmetic of constant Gathers)
+                     and decompose inference-only ops, so patterns see plain matmuls with
+                     constant weights
     reparameterize   saddc's rewrites: lossless lowerings of what the model already computes
                      (MoE layers, always; binary-coded attention), then the lossy ones as
                      configured (MoE from plain layers, shift, attention replacement)
-    legalize         Relax ops to TIR (one-group convs as matmuls over their patches), fused;
+    legalize         Relax ops to TIR (one-group convs as matmuls over their patches,
+                     constant-index takes as static slices, fast float32 math on the CPU), fused;
                      each kernel's arithmetic estimated (for the benchmarks' FLOP rates)
     schedule         kernel schedules for the target: the target's form of the hand-scheduled
                      kernels (the MoE dispatch's, emitted in their CPU form), a tuning
@@ -29,6 +31,7 @@ from tvm import relax
 
 from saddc import errors
 from saddc.config import LowerConfig
+from saddc.legalizations import legalizations
 
 PhaseCallback = Callable[[str, float], None]
 
@@ -45,10 +48,15 @@ class Phase:
 
 
 def cleanup_passes(config: LowerConfig) -> list:
+    from saddc.passes import ClipFastModeTakes, FoldConstantWhere  # pylint: disable=import-outside-toplevel
+
     del config
     return [
         relax.transform.DecomposeOpsForInference(),
+        ClipFastModeTakes(),
         relax.transform.FoldConstant(),
+        FoldConstantWhere(),
+        relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
     ]
 
@@ -84,28 +92,6 @@ def reparameterize_passes(config: LowerConfig) -> list:
     return passes
 
 
-def _fast_math_legalizations() -> dict:
-    """float32 ``erf`` (GELU) and softmax's ``exp`` as TVM's polynomial approximations, which
-    vectorize, where the default legalization calls libm's ``erff``/``expf`` one element at a
-    time on the CPU (a third of a ViT's time after the matmuls are scheduled). Both agree with
-    libm to float32 rounding (the tests compare with ONNX Runtime)."""
-    from tvm import topi  # pylint: disable=import-outside-toplevel
-
-    def when_float32(op: str, fast):
-        default = tvm.ir.Op.get(op).get_attr("FLegalize")
-
-        def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-            return fast(bb, call) if call.args[0].ty.dtype == "float32" else default(bb, call)
-
-        return legalize
-
-    return {
-        "relax.erf": when_float32("relax.erf", lambda bb, call: bb.call_te(topi.fast_erf, call.args[0])),
-        "relax.nn.softmax": when_float32(
-            "relax.nn.softmax", lambda bb, call: bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis)),
-    }
-
-
 def legalize_passes(config: LowerConfig) -> list:
     from saddc.passes import (  # pylint: disable=import-outside-toplevel
         ConvertToFloat16, EstimateKernelWork, RewriteConv2dToMatmul,
@@ -121,7 +107,7 @@ def legalize_passes(config: LowerConfig) -> list:
     return [
         *precision,
         RewriteConv2dToMatmul(),
-        relax.transform.LegalizeOps(None if config.target.is_cuda else _fast_math_legalizations()),
+        relax.transform.LegalizeOps(legalizations(config.target.is_cuda)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

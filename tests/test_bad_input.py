@@ -66,6 +66,26 @@ def test_not_onnx(tmp_path, content):
     assert_nothing_written(tmp_path, "model.onnx")
 
 
+BAD_ARRAYS = {"empty": b"", "truncated": b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False",
+              "text": b"not an array\n", "corrupt-npz": b"PK\x03\x04" + b"\0" * 40}
+
+
+@pytest.mark.parametrize("content", BAD_ARRAYS.values(), ids=BAD_ARRAYS)
+def test_bad_calibration_array(tmp_path, good_model, content):
+    (tmp_path / "images.npy").write_bytes(content)
+    result = run_saddc("compile", good_model, "--shift", "mlp", "--shift-lossy", "--calibration",
+                       tmp_path / "images.npy", "-o", tmp_path / "m.so")
+    assert_clean_failure(result, "calibration file", "images.npy")
+    assert_nothing_written(tmp_path, "images.npy")
+
+
+def test_bad_bench_calibration_array(tmp_path, good_model):
+    (tmp_path / "images.npy").write_bytes(b"")
+    result = run_saddc("bench", good_model, "--calibration", tmp_path / "images.npy", "--out", tmp_path / "out")
+    assert_clean_failure(result, "cannot read input file", "images.npy: it is empty")
+    assert_nothing_written(tmp_path, "images.npy")
+
+
 def test_missing_external_data(tmp_path):
     model_dir = tmp_path / "ext"
     export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)), tmp_path / "d.onnx", "dynamo", 18)
