@@ -57,11 +57,19 @@ class CPURowReduction(CPUScheduleRule):
         return sch
 
 
+def _split_into_lanes(sch: s_tir.Schedule, loop, lanes: int):
+    """``loop`` split so that its inner part spans whole vector lanes (up to ``lanes``), the inner
+    loop returned; None, ``loop`` left alone, where its extent is not a multiple of four."""
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tirx.IntImm) or simd_lanes(int(extent), lanes) < 4:
+        return None
+    return sch.split(loop, [None, simd_lanes(int(extent), lanes)])[1]
+
+
 def _vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int) -> None:
     """``loop`` (an innermost loop) in vector lanes, where its extent is a multiple of four."""
-    extent = sch.get(loop).extent
-    if isinstance(extent, tirx.IntImm) and simd_lanes(int(extent), lanes) >= 4:
-        _, inner = sch.split(loop, [None, simd_lanes(int(extent), lanes)])
+    inner = _split_into_lanes(sch, loop, lanes)
+    if inner is not None:
         sch.vectorize(inner)
 
 
@@ -69,12 +77,8 @@ def _partial_sums(sch: s_tir.Schedule, block, lanes: int):
     """Where the reduction loop of ``block`` is a multiple of four long: its partial results
     one a vector lane (an rfactor; ``block`` then reduces the lanes), the partial block
     returned. Else None, the loop left scalar."""
-    loop = sch.get_loops(block)[-1]
-    extent = sch.get(loop).extent
-    if not isinstance(extent, tirx.IntImm) or simd_lanes(int(extent), lanes) < 4:
-        return None
-    _, lane = sch.split(loop, [None, simd_lanes(int(extent), lanes)])
-    return sch.rfactor(lane, factor_axis=0)
+    lane = _split_into_lanes(sch, sch.get_loops(block)[-1], lanes)
+    return None if lane is None else sch.rfactor(lane, factor_axis=0)
 
 
 def _vectorize_partial_sums(sch: s_tir.Schedule, partial) -> None:
