@@ -5,8 +5,9 @@ a time.
 Every block but the last is inlined into its consumers, so the function makes one pass over
 its output; that pass runs its leading loops fused and parallel (as few as give ``TASKS``
 iterations: each fused loop costs an integer division per iteration to recover its indices,
-which dominates when the inner loops are short, as in an im2col's) and, when the innermost
-extent is a multiple of the SIMD width, its innermost loop in vector lanes. A transpose (the
+which dominates when the inner loops are short, as in an im2col's) and its innermost loop in
+vector lanes: the widest that divide it, or, where none of at least four does (a ViT's 197
+tokens), whole vectors and a partial last one in a loop of its own. A transpose (the
 innermost dimension of an input indexed by an outer loop) runs in LANES x LANES tiles, that
 loop split to LANES rows just outside the vector loop: the LANES input rows a tile reads stay
 in cache while it writes LANES output rows, where a plain loop order would touch a new cache
@@ -20,7 +21,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-from saddc.schedules.simd import simd_lanes, target_lanes
+from saddc.schedules.simd import simd_lanes, target_lanes, vector_lanes
 
 # Parallel iterations to aim for: enough to balance the cores of a server CPU.
 TASKS = 256
@@ -46,7 +47,9 @@ class CPUInjective(CPUScheduleRule):
             return None
         *outer, inner = loops
         extent = sch.get(inner).extent
-        lanes = simd_lanes(int(extent), target_lanes(target)) if isinstance(extent, tirx.IntImm) else 1
+        lanes, tail = vector_lanes(extent, target_lanes(target))
+        if tail and not outer:  # the loop over vectors, split below, cannot be the parallel one
+            lanes, tail = simd_lanes(int(extent), target_lanes(target)), False
         serial = []
         if lanes > 1:
             transposed = _transposed_loop(sch, infos[-1], outer, lanes)
@@ -55,12 +58,17 @@ class CPUInjective(CPUScheduleRule):
                 tiles, rows = sch.split(transposed, [None, lanes])
                 outer[outer.index(transposed)] = tiles
                 serial = [rows]
-            outer.append(rest)
-            sch.reorder(*outer, *serial, vector)
+            sch.reorder(*outer, rest, *serial, vector)
             sch.vectorize(vector)
+            if not tail:  # with a tail, the loop over vectors is split below, not fused
+                outer.append(rest)
         else:
             outer.append(inner)
         sch.parallel(sch.fuse(*_parallel_prefix(sch, outer)))
+        if tail:
+            # The last, partial vector in a loop of its own, so that the whole ones need no
+            # lane check (see simd.vectorize_with_tail).
+            sch.loop_partition(rest, [int(extent) // lanes, None])
         return sch
 
 
