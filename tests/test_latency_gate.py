@@ -2,6 +2,7 @@
 against the committed baseline, and fails when a real slowdown is injected (saddc's CPU matmul
 rule switched off, so the matmuls run as TVM legalizes them, unscheduled)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,9 @@ def test_gate_fails_on_a_deliberately_bad_schedule():
     result = run_gate(disable_matmul_rule=True)
     assert result.returncode == 1, result.stdout + result.stderr[-2000:]
     regressions = [line for line in result.stdout.splitlines() if line.startswith("REGRESSION")]
-    assert any("plain/fused_matmul_add:" in line for line in regressions), result.stdout
+    # Every matmul slows down at once, so the run's drift (their median shift) absorbs part of
+    # it: which matmul crosses the tolerance depends on the mix; that one does is the point.
+    assert any(re.match(r"REGRESSION \w+/(fused_)?matmul", line) for line in regressions), result.stdout
     assert "gate (llvm): FAIL" in result.stdout
 
 
