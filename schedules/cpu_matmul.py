@@ -69,7 +69,7 @@ class CPUMatmul(CPUReductionRule):
         if padded:
             # A tile's epilogue would check every column against the crop, a lane-dependent
             # condition that TVM vectorizes in no tile; as a pass of its own over the output it
-            # runs in whole vectors and a tail (DeiT-Tiny's scores: 218 -> 110 us, one thread,
+            # runs in whole vectors and a tail (DeiT-Tiny's scores, one thread: 218 -> 108 us
             # with the wider panel).
             register_block(sch, main, sch.cache_write(main, 0, "local"), lanes, has_epilogue=False)
             _rows_in_parallel_columns_in_lanes(sch, epilogue[-1], lanes)

@@ -8,8 +8,9 @@ reduction blocks each reduce the innermost axis of the rows that the last block 
 
 A row that the vector width does not divide (the 197 tokens of a ViT's attention) runs in
 whole vectors and a scalar tail; its reductions keep one accumulator a lane, bound-checked.
-That made DeiT-Tiny's softmax 3.5x faster (one thread: 132 -> 38 us) than running its 197-wide
-rows one scalar at a time, as this rule did while it vectorized only rows the width divides.
+That made DeiT-Tiny's softmax about 3x faster (one thread: 132 -> 38-43 us) than running its
+197-wide rows one scalar at a time, as this rule did while it vectorized only rows the width
+divides.
 
 Injective steps read by one block are inlined into it; those read by several (a softmax's
 exp, read by the sum and the normalization) are computed once a row into a row buffer (2.7x
