@@ -18,24 +18,19 @@ the next rule.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from saddc.schedules.cpu_rule import CPUBlocksRule
 from saddc.schedules.simd import simd_lanes, target_lanes, vector_lanes
 
 # Parallel iterations to aim for: enough to balance the cores of a server CPU.
 TASKS = 256
 
 
-class CPUInjective(CPUScheduleRule):
+class CPUInjective(CPUBlocksRule):
     """One parallel, vectorized pass over an injective function's output (see the module doc)."""
 
-    def apply(self, func, target, tunable):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos or not all(info.is_injective() for info in infos):
+    def schedule_blocks(self, sch, infos, target):
+        if not all(info.is_injective() for info in infos):
             return None
         try:
             for info in infos[:-1]:

@@ -4,23 +4,17 @@ epilogue to run once per output tile; and the accumulator steps both rules end w
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm import s_tir
+
+from saddc.schedules.cpu_rule import CPUBlocksRule
 
 
-class CPUReductionRule(CPUScheduleRule):
-    """Calls ``schedule(sch, infos, position, target)`` on functions for an ``llvm`` target with
-    exactly one reduction block (``infos[position]``, after ``normalize_prim_func``) and only
-    injective blocks besides; ``schedule`` returns the schedule, or None to fall through."""
+class CPUReductionRule(CPUBlocksRule):
+    """Calls ``schedule(sch, infos, position, target)`` on functions with exactly one reduction
+    block (``infos[position]``) and only injective blocks besides; ``schedule`` returns the
+    schedule, or None to fall through."""
 
-    def apply(self, func, target, tunable):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+    def schedule_blocks(self, sch, infos, target):
         reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
         if len(reductions) != 1 or not all(info.is_injective() for info in infos if info is not infos[reductions[0]]):
             return None

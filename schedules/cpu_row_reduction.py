@@ -22,21 +22,16 @@ norm. Functions that do not fit fall through to the next rule.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from saddc.schedules.cpu_rule import CPUBlocksRule
 from saddc.schedules.simd import target_lanes, vector_lanes, vectorize_with_tail
 
 
-class CPURowReduction(CPUScheduleRule):
+class CPURowReduction(CPUBlocksRule):
     """Softmax- and layer-norm-like functions, one parallel pass over rows (see the module doc)."""
 
-    def apply(self, func, target, tunable):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos or not infos[-1].is_injective():
+    def schedule_blocks(self, sch, infos, target):
+        if not infos[-1].is_injective():
             return None
         rows = len(infos[-1].dom_kind()) - 1
         reductions = [info for info in infos if not info.is_injective()]
