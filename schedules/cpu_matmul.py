@@ -15,6 +15,18 @@ B hot while it walks down the rows of A. Rows that do not divide MR run as a gua
 Columns are padded to whole vectors when they do not fill them (the attention scores' 197),
 so NR is always a multiple of the SIMD width.
 
+A matmul with fewer columns than one vector holds (an MoE router's two expert logits) has no
+lanes to fill along them; it runs as dot products along K instead:
+
+    Bt = transpose(B)                                      once, N x K: each column contiguous
+    parallel for row:
+        acc[N, lanes] = 0
+        for k in K / lanes:  acc[j, :] += A[row, k, :] * Bt[j, k, :]   N vector FMAs a load of A
+        out[row, :] = epilogue(sum of acc's lanes)
+
+(DeiT-Tiny's 768 x 2 router, 197 rows, both cores: 72 -> 12 us; the register-blocked form ran
+two lanes of each vector, and reading B's columns in place costs a gather per vector.)
+
 The rule applies to functions with exactly one reduction block whose reduction loop is
 innermost and whose other blocks are injective (inlined into it or into the one epilogue
 block); anything else falls through to the next rule.
@@ -66,6 +78,8 @@ class CPUMatmul(CPUReductionRule):
             _rows_in_parallel_columns_in_lanes(sch, block, lanes)
         if len(sch.get_loops(main)) != len(kinds):
             return None
+        if int(columns) < lanes and dot_products(sch, main, epilogue, lanes):
+            return sch
         if padded:
             # A tile's epilogue would check every column against the crop, a lane-dependent
             # condition that TVM vectorizes in no tile; as a pass of its own over the output it
@@ -84,6 +98,40 @@ def _rows_in_parallel_columns_in_lanes(sch: s_tir.Schedule, block, lanes: int) -
     *rows, column = sch.get_loops(block)
     sch.parallel(sch.fuse(*rows))
     vectorize_with_tail(sch, column, lanes)
+
+
+def dot_products(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> bool:
+    """Schedule the matmul block ``main`` (spatial loops, then rows, columns, one innermost
+    reduction) and the last block of its ``epilogue`` (the others inlined) as the dot products
+    of the module doc, in vectors of up to ``lanes``; False, the schedule untouched, where K
+    splits into fewer than four lanes or B is not read at the column in its last dimension."""
+    *outer, row, column, reduction = sch.get_loops(main)
+    depth = sch.get(reduction).extent
+    lanes = simd_lanes(int(depth), lanes) if isinstance(depth, tirx.IntImm) else 1
+    column_var = sch.get(main).iter_vars[-2].var
+    readers = [index for index, region in enumerate(sch.get(main).reads) if region.region[-1].min.same_as(column_var)]
+    if lanes < 4 or len(readers) != 1:
+        return False
+    transposed = sch.cache_read(main, readers[0], "global")
+    sch.transform_layout(transposed, ("write", 0), lambda *index: (*index[:-2], index[-1], index[-2]))
+    partial = sch.rfactor(sch.split(reduction, [None, lanes])[1], factor_axis=len(outer) + 2)
+    *outer, row, column, vectors, lane = sch.get_loops(partial)
+    sch.reorder(row, vectors, column, lane)
+    row = sch.fuse(*outer, row)
+    sch.reverse_compute_at(main, row)
+    if epilogue:
+        sch.reverse_compute_at(epilogue[-1], row)
+        sch.set_scope(main, 0, "local")
+    sch.parallel(row)
+    sch.unroll(column)
+    sch.vectorize(lane)
+    sch.vectorize(sch.get_loops(sch.decompose_reduction(partial, vectors))[-1])
+    sch.set_scope(partial, 0, "local")
+    # The lanes' sum, a column at a time, unrolled: LLVM's horizontal add.
+    lane, column = sch.get_loops(main)[-2:]
+    sch.reorder(column, lane)
+    sch.unroll(lane)
+    return True
 
 
 def register_block(sch: s_tir.Schedule, main, output, lanes: int, has_epilogue: bool = True) -> None:

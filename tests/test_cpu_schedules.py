@@ -56,6 +56,24 @@ def test_matmul_with_bias_and_activation_epilogue(rows, inner, columns):
     assert scheduled(kernel) if rows > 1 else "T.parallel" in kernel, kernel
 
 
+@pytest.mark.parametrize("shape,columns", [((197, 768), 2), ((2, 197, 192), 3), ((9, 6), 2)])
+def test_narrow_matmul_runs_as_dot_products_along_k(shape, columns):
+    """Fewer columns than a vector (an MoE router's expert logits): B is copied transposed and
+    each row's dot products run in vector lanes along K (an rfactor block, vectorized, inside
+    the one parallel loop over rows). A K that splits into fewer than four lanes keeps the
+    register-blocked form."""
+    x, w, bias = random(*shape), random(shape[-1], columns, seed=1), random(columns, seed=2)
+    result, kernels = lowered_and_run(lambda a, b, c: relax.op.add(relax.op.matmul(a, b), c), [x, w, bias])
+    np.testing.assert_allclose(result, x @ w + bias, rtol=1e-5, atol=1e-4)
+    (kernel,) = kernels.values()
+    dot_products = re.search(r"T\.vectorized\(T\.int64\(\d+\)\):\n\s+with T\.sblock\(\"matmul_rf_update\"\)", kernel)
+    if shape[-1] % 4:
+        assert dot_products is None and scheduled(kernel), kernel
+    else:
+        assert dot_products and re.search(r"x1_global\[(v\w+), (v\w+)\] = x1\[\2, \1\]", kernel), kernel
+        assert len(re.findall(r"^    for .* in T\.parallel", kernel, flags=re.M)) == 1, kernel
+
+
 @pytest.mark.parametrize("scale", [None, 0.125])
 def test_batched_scores_with_padded_columns(scale):
     """Attention scores: 197 columns fill no whole panel of vectors. B is copied, padded, to

@@ -83,7 +83,8 @@ def weight_args(expert):
 
 
 @pytest.mark.parametrize("kinds", [(DENSE, SHIFT), (SHIFT, DENSE), (DENSE, DENSE)])
-@pytest.mark.parametrize("tokens,first", [(13, 5), (13, 0), (13, 13), (1, 1), (16, 8), (16, 7), (197, 120)])
+@pytest.mark.parametrize("tokens,first", [(13, 5), (13, 0), (13, 13), (13, 1), (13, 12), (1, 1), (5, 2), (16, 8),
+                                          (16, 7), (197, 120)])
 @pytest.mark.parametrize("cpu", CPU_TARGETS)
 def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, first, cpu):
     in_features, out_features = 20, 48
