@@ -16,6 +16,7 @@ from .find_vit_blocks import (
 from .fold_constant_where import FoldConstantWhere
 from .lower_binary_coded_attention import LowerBinaryCodedAttention
 from .lower_moe_dispatch import LowerMoEDispatch
+from .mark_single_buffer_functions_noalias import MarkSingleBufferFunctionsNoAlias
 from .moe_dispatch import MoEReport
 from .replace_softmax_attention import ReplaceSoftmaxAttention
 from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
@@ -25,7 +26,7 @@ __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
     "FoldConstantWhere", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
-    "MoELayer", "MoEReport",
+    "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport",
     "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",

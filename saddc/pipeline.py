@@ -157,9 +157,14 @@ def vm_lowering_passes(config: LowerConfig) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_backend
     from tvm.relax.backend.cuda import pipeline as cuda_backend
 
+    from saddc.passes import MarkSingleBufferFunctionsNoAlias
+
     backend = cuda_backend if config.target.is_cuda else cpu_backend
     target = config.target.to_tvm()
-    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    # The shape function the finalize passes create gets tirx.noalias, as every kernel has:
+    # TVM's LLVM codegen applies the last function's flag to all (see the pass).
+    return [*backend.dataflow_lower_passes(target), *backend.finalize_passes(target),
+            MarkSingleBufferFunctionsNoAlias()]
 
 
 def phases(config: LowerConfig) -> list[Phase]:

@@ -45,6 +45,48 @@ def test_lower_returns_a_lowered_module():
     assert "R.call_tir" not in main and "R.vm.alloc_storage" in main, "main is not VM-lowered"
 
 
+def llvm_source(executable) -> str:
+    modules = [executable.mod]
+    while modules:
+        module = modules.pop()
+        if module.kind == "llvm":
+            return module.inspect_source("ll")
+        modules += list(module.imports)
+    raise AssertionError("no LLVM module")
+
+
+def test_kernels_compile_with_unaliased_buffers_whatever_function_comes_last():
+    """A symbolic batch gives the module a ``shape_func``, last by name after its one kernel.
+    TVM's LLVM codegen applies the last function's aliasing flag to every function; without
+    ``tirx.noalias`` on ``shape_func`` every buffer access got TVM's may-alias tag
+    (``tvm-alias``) and the matmul kept its accumulators in memory."""
+    from saddc.passes import MarkSingleBufferFunctionsNoAlias
+
+    batch = tvm.tirx.Var("batch", "int64")
+    weight = np.random.default_rng(0).standard_normal((64, 48)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(weight)))
+        bb.emit_func_output(out)
+    lowered = saddc.lower(bb.get())
+    names = sorted(gv.name_hint for gv, func in lowered.functions.items() if isinstance(func, tvm.tirx.PrimFunc))
+    assert names[-1] == "shape_func"
+    assert all(lowered[name].attrs["tirx.noalias"] for name in names)
+    executable, _ = saddc.build(lowered)
+    assert "tvm-alias" not in llvm_source(executable)
+    x_value = np.random.default_rng(1).standard_normal((3, 64)).astype("float32")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x_value)).numpy(), x_value @ weight, rtol=1e-5, atol=1e-5)
+    # The same module with shape_func as TVM makes it: every access may-alias.
+    functions = dict(lowered.functions)
+    functions[lowered.get_global_var("shape_func")] = lowered["shape_func"].without_attr("tirx.noalias")
+    unmarked = tvm.IRModule(functions, attrs=lowered.attrs, global_infos=lowered.global_infos)
+    assert MarkSingleBufferFunctionsNoAlias()(unmarked)["shape_func"].attrs["tirx.noalias"]
+    assert "tvm-alias" in llvm_source(saddc.build(unmarked)[0])
+
+
 def test_registered_pipeline_runs_through_tvm_compile():
     mod, weights = small_mlp()
     pipeline = relax.get_pipeline("saddc", config=saddc.LowerConfig(target="llvm"))
