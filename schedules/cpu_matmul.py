@@ -39,9 +39,12 @@ from tvm import s_tir, tirx
 from saddc.schedules.cpu_reduction_rule import CPUReductionRule, accumulator_reader, finish_accumulator
 from saddc.schedules.simd import simd_lanes, target_lanes, vectorize_with_tail
 
-# MR x NR accumulators: 4 rows by 2 vectors is 8 of AVX-512's 32 vector registers (AVX2's 16
-# hold them too), leaving room for B's vectors and A's broadcasts.
+# MR x NR accumulators: 4 rows by 4 vectors is 16 of AVX-512's 32 vector registers, by 2
+# vectors 8 of AVX2's 16, leaving room for B's vectors and A's broadcasts. (On AVX-512 the
+# 4 x 4 tile ran DeiT-Tiny's matmuls 10-25% faster than 4 x 2 at batch 1, both cores; 8 x 2
+# ran them 1.3x slower.)
 ROWS = 4
+VECTORS_AVX512 = 4
 VECTORS = 2
 
 
@@ -58,9 +61,9 @@ class CPUMatmul(CPUReductionRule):
         original = {sch.get(info.block_rv).name_hint for info in infos}
         padded = int(columns) % (lanes * VECTORS) != 0 and int(columns) > lanes
         if padded:
-            # Pad the columns to whole panels (the attention scores' 197 -> 224): B is copied
-            # into a zero-padded buffer first, and the epilogue runs after the matmul, cropping
-            # the padding off as it goes (see below).
+            # Pad the columns to whole 2-vector panels (the attention scores' 197 -> 224; 4-vector
+            # ones would pad to 256): B is copied into a zero-padded buffer first, and the
+            # epilogue runs after the matmul, cropping the padding off as it goes (see below).
             sch.pad_einsum(main, [1] * (len(kinds) - 2) + [lanes * VECTORS, 1])
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         position = [sch.get(b).name_hint for b in blocks].index(sch.get(main).name_hint)
@@ -137,12 +140,14 @@ def dot_products(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> bool:
 def register_block(sch: s_tir.Schedule, main, output, lanes: int, has_epilogue: bool = True) -> None:
     """Tile the matmul block ``main`` (spatial loops, then rows, columns, one innermost reduction)
     into the MR x NR register-blocked GEMM of the module doc, ``lanes`` being the target's float32
-    SIMD width. ``output``, the block that reads the accumulator (``accumulator_reader``), runs
-    once per row tile."""
+    SIMD width: NR the most vectors (4 with AVX-512's 32 registers, else 2; then fewer) whose
+    width divides the columns. ``output``, the block that reads the accumulator
+    (``accumulator_reader``), runs once per row tile."""
     loops = sch.get_loops(main)
     columns = int(sch.get(loops[-2]).extent)
+    widest = VECTORS_AVX512 if lanes == 16 else VECTORS
     lanes = simd_lanes(columns, lanes)
-    panel = lanes * VECTORS if columns % (lanes * VECTORS) == 0 else lanes
+    panel = next(lanes * vectors for vectors in (widest, VECTORS, 1) if columns % (lanes * vectors) == 0)
     *outer, i, j, k = loops
     io, ii = sch.split(i, [None, ROWS])
     jo, ji = sch.split(j, [None, panel])
