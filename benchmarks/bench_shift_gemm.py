@@ -6,8 +6,8 @@ fc1/fc2 at 3136 tokens; batch 1 and 32), one run times side by side:
 - ``shift add-only``   saddc's shift GEMM (5-bit codes), built by ``saddc.compile --shift all``
 - ``shift decode-dense`` the decode-then-FMA variant (CPU only)
 - ``shift decode-mma`` the tensor-core variant (CUDA only)
-- ``tvm dense fp32`` / ``tvm dense fp16``  TVM's own matmul of the same shape through the
-  same pipeline without rewrites (legalized on CPU; DLight-scheduled on CUDA)
+- ``tvm dense fp32`` / ``tvm dense fp16``  Relax's matmul of the same shape through the
+  same pipeline without rewrites (saddc's CPU matmul rule on llvm; DLight on CUDA)
 - ``torch fp32`` / ``torch fp16``  torch's matmul (cuBLAS), on a GPU only
 
 and reports the median and spread over repeats, the weight bytes each variant reads, and on a
