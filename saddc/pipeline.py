@@ -121,6 +121,7 @@ def schedule_rules(config: LowerConfig) -> list:
     # pylint: disable=import-outside-toplevel
     from tvm.s_tir import dlight as dl
 
+    from saddc.schedules.cpu_column_reduction import CPUColumnReduction
     from saddc.schedules.cpu_depthwise_conv import CPUDepthwiseConv
     from saddc.schedules.cpu_injective import CPUInjective
     from saddc.schedules.cpu_matmul import CPUMatmul
@@ -128,15 +129,15 @@ def schedule_rules(config: LowerConfig) -> list:
     from saddc.schedules.rules import FallThroughOnError, SaddcKernels
 
     # saddc's kernels carry their own schedules; the rest of the model goes to DLight's rules,
-    # on the CPU with saddc's matmul, depthwise-conv, injective and row-reduction (softmax,
-    # layer norm) rules beside DLight's reductions. The injective rule goes before DLight's
-    # GEMV, which asserts on a reduction over one element (LeViT's K=1 matmuls) that
-    # normalizes to an injective block.
+    # on the CPU with saddc's matmul, depthwise-conv, injective, row-reduction (softmax, layer
+    # norm) and column-reduction (means over tokens) rules ahead of DLight's. The injective
+    # rule goes before DLight's GEMV, which asserts on a reduction over one element (LeViT's
+    # K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
         return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), dl.cpu.GEMV(),
-            dl.cpu.Reduction()]
+    return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), CPUColumnReduction(),
+            dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def schedule_passes(config: LowerConfig) -> list:

@@ -37,34 +37,41 @@ class CPUInjective(CPUBlocksRule):
                 sch.compute_inline(info.block_rv)
         except s_tir.ScheduleError:
             return None
-        loops = sch.get_loops(infos[-1].block_rv)
-        if not loops:
-            return None
-        *outer, inner = loops
-        extent = sch.get(inner).extent
-        lanes, tail = vector_lanes(extent, target_lanes(target))
-        if tail and not outer:  # the loop over vectors, split below, cannot be the parallel one
-            lanes, tail = simd_lanes(int(extent), target_lanes(target)), False
-        serial = []
-        if lanes > 1:
-            transposed = _transposed_loop(sch, infos[-1], outer, lanes)
-            rest, vector = sch.split(inner, [None, lanes])
-            if transposed is not None:
-                tiles, rows = sch.split(transposed, [None, lanes])
-                outer[outer.index(transposed)] = tiles
-                serial = [rows]
-            sch.reorder(*outer, rest, *serial, vector)
-            sch.vectorize(vector)
-            if not tail:  # with a tail, the loop over vectors is split below, not fused
-                outer.append(rest)
-        else:
-            outer.append(inner)
-        sch.parallel(sch.fuse(*_parallel_prefix(sch, outer)))
-        if tail:
-            # The last, partial vector in a loop of its own, so that the whole ones need no
-            # lane check (see simd.vectorize_with_tail).
-            sch.loop_partition(rest, [int(extent) // lanes, None])
-        return sch
+        return sch if one_pass(sch, infos[-1], target_lanes(target)) else None
+
+
+def one_pass(sch: s_tir.Schedule, info, widest: int) -> bool:
+    """Schedule the injective block of ``info`` (its loops untouched so far) as the parallel,
+    vectorized pass of the module doc, in vectors of up to ``widest`` lanes; False, the block
+    untouched, where it has no loops."""
+    loops = sch.get_loops(info.block_rv)
+    if not loops:
+        return False
+    *outer, inner = loops
+    extent = sch.get(inner).extent
+    lanes, tail = vector_lanes(extent, widest)
+    if tail and not outer:  # the loop over vectors, split below, cannot be the parallel one
+        lanes, tail = simd_lanes(int(extent), widest), False
+    serial = []
+    if lanes > 1:
+        transposed = _transposed_loop(sch, info, outer, lanes)
+        rest, vector = sch.split(inner, [None, lanes])
+        if transposed is not None:
+            tiles, rows = sch.split(transposed, [None, lanes])
+            outer[outer.index(transposed)] = tiles
+            serial = [rows]
+        sch.reorder(*outer, rest, *serial, vector)
+        sch.vectorize(vector)
+        if not tail:  # with a tail, the loop over vectors is split below, not fused
+            outer.append(rest)
+    else:
+        outer.append(inner)
+    sch.parallel(sch.fuse(*_parallel_prefix(sch, outer)))
+    if tail:
+        # The last, partial vector in a loop of its own, so that the whole ones need no
+        # lane check (see simd.vectorize_with_tail).
+        sch.loop_partition(rest, [int(extent) // lanes, None])
+    return True
 
 
 def _transposed_loop(sch: s_tir.Schedule, info, outer: list, lanes: int):

@@ -27,16 +27,25 @@ lanes to fill along them; it runs as dot products along K instead:
 (DeiT-Tiny's 768 x 2 router, 197 rows, both cores: 72 -> 12 us; the register-blocked form ran
 two lanes of each vector, and reading B's columns in place costs a gather per vector.)
 
-The rule applies to functions with exactly one reduction block whose reduction loop is
-innermost and whose other blocks are injective (inlined into it or into the one epilogue
-block); anything else falls through to the next rule.
+A matrix times a vector (one column, its loop dropped by normalization) runs with its outputs
+in vector lanes, each accumulated over all of K (a vector times a matrix; a short K), or as the
+dot products above without the transposed copy (a long K, or outputs that do not fill vectors).
+DLight's CPU GEMV rule, which had them before, vectorized 128 rows at a time and unrolled K:
+at 12544 rows LLVM took over six minutes to compile Taylor attention's one.
+
+The rule applies to functions with exactly one reduction block, a sum of products whose
+reduction loop is innermost, and whose other blocks are injective (inlined into it or into
+the one epilogue block); anything else falls through to the next rule.
 """
 
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis.gemv import get_reduction_expr, is_gemv
 
-from saddc.schedules.cpu_reduction_rule import CPUReductionRule, accumulator_reader, finish_accumulator
+from saddc.schedules.cpu_reduction_rule import (
+    CPUReductionRule, accumulate_in_lanes, accumulator_reader, finish_accumulator,
+)
 from saddc.schedules.simd import simd_lanes, target_lanes, vectorize_with_tail
 
 # MR x NR accumulators: 4 rows by 4 vectors is 16 of AVX-512's 32 vector registers, by 2
@@ -54,8 +63,14 @@ class CPUMatmul(CPUReductionRule):
     def schedule(self, sch, infos, position, target):
         main = infos[position].block_rv
         kinds = infos[position].dom_kind()
-        columns = sch.get(sch.get_loops(main)[-2]).extent
-        if len(kinds) < 3 or kinds.count("R") != 1 or not kinds.endswith("R") or not isinstance(columns, tirx.IntImm):
+        # A sum of products; a plain sum (a mean over tokens) is a column or row reduction.
+        if (len(kinds) < 2 or kinds.count("R") != 1 or not kinds.endswith("R")
+                or not isinstance(get_reduction_expr(sch.get(main)), tirx.Mul)):
+            return None
+        # A matrix times a vector: one column, whose unit loop normalization dropped.
+        vector = is_gemv(sch, infos[position]) is not None
+        columns = tirx.IntImm("int64", 1) if vector else sch.get(sch.get_loops(main)[-2]).extent
+        if (len(kinds) < 3 and not vector) or not isinstance(columns, tirx.IntImm):
             return None
         lanes = target_lanes(target)
         original = {sch.get(info.block_rv).name_hint for info in infos}
@@ -81,6 +96,11 @@ class CPUMatmul(CPUReductionRule):
             _rows_in_parallel_columns_in_lanes(sch, block, lanes)
         if len(sch.get_loops(main)) != len(kinds):
             return None
+        if vector:
+            if _outputs_in_lanes(sch, main, lanes):
+                accumulate_in_lanes(sch, main, epilogue, lanes)
+                return sch
+            return sch if dot_products(sch, main, epilogue, lanes, has_columns=False) else None
         if int(columns) < lanes and dot_products(sch, main, epilogue, lanes):
             return sch
         if padded:
@@ -95,6 +115,21 @@ class CPUMatmul(CPUReductionRule):
         return sch
 
 
+def _outputs_in_lanes(sch: s_tir.Schedule, main, lanes: int) -> bool:
+    """Whether a matrix-vector product ``main`` runs best with its outputs in vector lanes, each
+    accumulated over K (``accumulate_in_lanes``): where they split into vectors of at least four
+    and the matrix is contiguous along them (a vector times a matrix, the classifier head at
+    batch 1) or K is short (Taylor attention's ``Q . sum_j k_j``, K = head dim: one strided
+    load a lane costs less there than a horizontal sum a row; at 3136 rows of 32: 9 us, where
+    the dot products took 58)."""
+    outputs, depth = (sch.get(loop).extent for loop in sch.get_loops(main)[-2:])
+    if not isinstance(outputs, tirx.IntImm) or simd_lanes(int(outputs), lanes) < 4:
+        return False
+    output_var = sch.get(main).iter_vars[-2].var
+    contiguous = any(region.region[-1].min.same_as(output_var) for region in sch.get(main).reads)
+    return contiguous or (isinstance(depth, tirx.IntImm) and int(depth) <= 4 * lanes)
+
+
 def _rows_in_parallel_columns_in_lanes(sch: s_tir.Schedule, block, lanes: int) -> None:
     """An injective block over a matrix (a padding copy, a cropping epilogue): its row loops
     fused and parallel, its column loop in vectors."""
@@ -103,36 +138,46 @@ def _rows_in_parallel_columns_in_lanes(sch: s_tir.Schedule, block, lanes: int) -
     vectorize_with_tail(sch, column, lanes)
 
 
-def dot_products(sch: s_tir.Schedule, main, epilogue: list, lanes: int) -> bool:
+def dot_products(sch: s_tir.Schedule, main, epilogue: list, lanes: int, has_columns: bool = True) -> bool:
     """Schedule the matmul block ``main`` (spatial loops, then rows, columns, one innermost
-    reduction) and the last block of its ``epilogue`` (the others inlined) as the dot products
-    of the module doc, in vectors of up to ``lanes``; False, the schedule untouched, where K
-    splits into fewer than four lanes or B is not read at the column in its last dimension."""
-    *outer, row, column, reduction = sch.get_loops(main)
+    reduction; no column loop where not ``has_columns``: a matrix times a vector) and the last
+    block of its ``epilogue`` (the others inlined) as the dot products of the module doc, in
+    vectors of up to ``lanes``; False, the schedule untouched, where K splits into fewer than
+    four lanes or B is not read at the column in its last dimension."""
+    *spatial, reduction = sch.get_loops(main)
     depth = sch.get(reduction).extent
     lanes = simd_lanes(int(depth), lanes) if isinstance(depth, tirx.IntImm) else 1
-    column_var = sch.get(main).iter_vars[-2].var
-    readers = [index for index, region in enumerate(sch.get(main).reads) if region.region[-1].min.same_as(column_var)]
-    if lanes < 4 or len(readers) != 1:
+    if lanes < 4:
         return False
-    transposed = sch.cache_read(main, readers[0], "global")
-    sch.transform_layout(transposed, ("write", 0), lambda *index: (*index[:-2], index[-1], index[-2]))
-    partial = sch.rfactor(sch.split(reduction, [None, lanes])[1], factor_axis=len(outer) + 2)
-    *outer, row, column, vectors, lane = sch.get_loops(partial)
-    sch.reorder(row, vectors, column, lane)
+    if has_columns:
+        # A vector, read at the reduction alone, is contiguous along K already; B's columns are not.
+        column_var = sch.get(main).iter_vars[-2].var
+        readers = [index for index, region in enumerate(sch.get(main).reads)
+                   if region.region[-1].min.same_as(column_var)]
+        if len(readers) != 1:
+            return False
+        transposed = sch.cache_read(main, readers[0], "global")
+        sch.transform_layout(transposed, ("write", 0), lambda *index: (*index[:-2], index[-1], index[-2]))
+    partial = sch.rfactor(sch.split(reduction, [None, lanes])[1], factor_axis=len(spatial))
+    *outer, row = sch.get_loops(partial)[:len(spatial) - has_columns]
+    columns = sch.get_loops(partial)[len(spatial) - has_columns:len(spatial)]
+    vectors, lane = sch.get_loops(partial)[-2:]
+    sch.reorder(row, vectors, *columns, lane)
     row = sch.fuse(*outer, row)
     sch.reverse_compute_at(main, row)
     if epilogue:
         sch.reverse_compute_at(epilogue[-1], row)
         sch.set_scope(main, 0, "local")
     sch.parallel(row)
-    sch.unroll(column)
+    for column in columns:
+        sch.unroll(column)
     sch.vectorize(lane)
     sch.vectorize(sch.get_loops(sch.decompose_reduction(partial, vectors))[-1])
     sch.set_scope(partial, 0, "local")
     # The lanes' sum, a column at a time, unrolled: LLVM's horizontal add.
-    lane, column = sch.get_loops(main)[-2:]
-    sch.reorder(column, lane)
+    lane = sch.get_loops(main)[-1 - has_columns]
+    if has_columns:
+        sch.reorder(sch.get_loops(main)[-1], lane)
     sch.unroll(lane)
     return True
 

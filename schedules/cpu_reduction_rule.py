@@ -7,6 +7,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from saddc.schedules.cpu_rule import CPUBlocksRule
+from saddc.schedules.simd import simd_lanes
 
 
 class CPUReductionRule(CPUBlocksRule):
@@ -44,3 +45,23 @@ def finish_accumulator(sch: s_tir.Schedule, main, reader, reduction_loop, has_ep
     if vectorized:
         sch.vectorize(sch.get_loops(init)[-1])
         sch.vectorize(sch.get_loops(reader)[-1])
+
+
+def accumulate_in_lanes(sch: s_tir.Schedule, main, epilogue: list, widest: int) -> None:
+    """The innermost spatial loop of the reduction block ``main`` (spatial loops, then one
+    reduction) split into vectors of up to ``widest`` lanes that divide it, each vector
+    accumulated in a register over the whole reduction, then written by the last ``epilogue``
+    block (or a write-back); the vectors and the outer spatial loops in parallel, one task per
+    vector of the output. For a reduction whose input is contiguous along that loop (a sum down
+    columns), each step is one vector load."""
+    *outer, spatial, reduction = sch.get_loops(main)
+    lanes = simd_lanes(int(sch.get(spatial).extent), widest)
+    vectors, lane = sch.split(spatial, [None, lanes])
+    sch.reorder(vectors, reduction, lane)
+    task = sch.fuse(*outer, vectors)
+    reader = accumulator_reader(sch, main, epilogue)
+    sch.reverse_compute_at(reader, task)
+    sch.parallel(task)
+    if lanes > 1:
+        sch.vectorize(lane)
+    finish_accumulator(sch, main, reader, reduction, has_epilogue=bool(epilogue), vectorized=lanes > 1)

@@ -1,5 +1,5 @@
-"""saddc's CPU schedule rules (register-blocked matmul, depthwise conv, injective with tiled
-transposes, row reductions) and the conv-to-matmul rewrite on the shapes a ViT gives them: numerics against
+"""saddc's CPU schedule rules (register-blocked matmul and matrix-vector products, depthwise
+conv, injective with tiled transposes, row and column reductions) and the conv-to-matmul rewrite on the shapes a ViT gives them: numerics against
 numpy and torch, and proof that the rule scheduled the kernel (parallel and vector loops, a
 transpose's tiles) rather than leaving it to run one scalar at a time."""
 
@@ -52,8 +52,8 @@ def test_matmul_with_bias_and_activation_epilogue(rows, inner, columns):
         lambda x, w, c: relax.op.nn.relu(relax.op.add(relax.op.matmul(x, w), c)), [a, b, bias])
     np.testing.assert_allclose(result, np.maximum(a @ b + bias, 0), rtol=1e-5, atol=1e-4)
     (kernel,) = kernels.values()
-    # One row is a GEMV (the classifier head), which DLight's GEMV rule parallelizes.
-    assert scheduled(kernel) if rows > 1 else "T.parallel" in kernel, kernel
+    # One row is a vector times a matrix: its columns in vector lanes, accumulated over K.
+    assert scheduled(kernel), kernel
 
 
 @pytest.mark.parametrize("shape,columns", [((197, 768), 2), ((2, 197, 192), 3), ((9, 6), 2)])
@@ -144,14 +144,48 @@ def test_softmax_is_one_parallel_pass_over_rows(shape):
     assert ("_rf" in kernel, "T.vectorized" in kernel) == (in_lanes, in_lanes), kernel
 
 
-def test_reduction_read_at_every_row_is_not_merged_into_the_rows():
+@pytest.mark.parametrize("shape", [(1, 16, 16), (1, 3136, 32), (3, 197, 64), (2, 7, 12)])
+def test_mean_over_tokens_runs_down_columns_before_the_rows_read_it(shape):
     """Additive and Taylor attention centre the keys on their mean over tokens: each token's row
     reads the mean of every channel, not a value of its own row, so the rows cannot each
-    compute it. With as many tokens as channels the loop extents match; only the data flow
-    tells."""
-    x = random(1, 16, 16)
-    result, _ = lowered_and_run(lambda v: relax.op.subtract(v, relax.op.mean(v, axis=1, keepdims=True)), [x])
-    np.testing.assert_allclose(result, x - x.mean(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    compute it (with as many tokens as channels the loop extents match; only the data flow
+    tells). The sum runs first, down the columns, a vector of channels a parallel task, then
+    the division, then the subtraction over every token: three parallel loop nests. (DLight's
+    reduction rule recomputed the mean inside the loop over tokens: one nest, quadratic.)"""
+    x = random(*shape)
+    result, kernels = lowered_and_run(lambda v: relax.op.subtract(v, relax.op.mean(v, axis=1, keepdims=True)), [x])
+    np.testing.assert_allclose(result, x - x.mean(axis=1, keepdims=True), rtol=1e-5, atol=1e-5)
+    (kernel,) = kernels.values()
+    nests = re.findall(r"^    for .*$", kernel, flags=re.M)
+    assert len(nests) == 3 and all("T.parallel" in nest for nest in nests), kernel
+    down_columns = re.search(r"for \w+ in range\(T\.int64\(%d\)\):\n\s+for \w+ in T\.vectorized" % shape[1], kernel)
+    assert down_columns, kernel
+
+
+def test_sum_over_tokens_alone_runs_down_columns():
+    x = random(2, 197, 48)
+    result, kernels = lowered_and_run(lambda v: relax.op.sum(v, axis=1), [x])
+    np.testing.assert_allclose(result, x.sum(axis=1), rtol=1e-5, atol=1e-4)
+    (kernel,) = kernels.values()
+    assert scheduled(kernel) and re.search(r"for \w+ in range\(T\.int64\(197\)\):\n\s+for \w+ in T\.vectorized", kernel)
+
+
+@pytest.mark.parametrize("shape,outputs_in_lanes", [((1, 3136, 32), True), ((12544, 32), True),
+                                                    ((3, 197, 64), False), ((2, 64, 768), False)])
+def test_matrix_times_vector(shape, outputs_in_lanes):
+    """Taylor attention's ``Q . sum_j k_j`` (K = head dim): with rows that fill vectors and a
+    short K, the rows run in vector lanes, each accumulated over K in a register; otherwise
+    (197 rows, or a long K) as dot products along K. Never wider than one vector register:
+    DLight's GEMV rule, which had these before, vectorized 128 rows with K unrolled, and LLVM
+    took minutes to compile that at 12544 rows."""
+    x = random(*shape)
+    vector = random(*shape[:-2], shape[-1], 1, seed=1)
+    result, kernels = lowered_and_run(lambda a, b: relax.op.add(relax.op.matmul(a, b), relax.const(2.0)), [x, vector])
+    np.testing.assert_allclose(result, x @ vector + 2.0, rtol=1e-5, atol=1e-4)
+    (kernel,) = kernels.values()
+    widths = [int(width) for width in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)", kernel)]
+    assert scheduled(kernel) and max(widths) <= 16, kernel
+    assert ("_rf" not in kernel) == outputs_in_lanes, kernel
 
 
 @pytest.mark.parametrize("width", [192, 99])
