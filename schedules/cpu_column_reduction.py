@@ -2,10 +2,10 @@
 ViT's tokens of a (tokens, channels) matrix), alone or with the injective steps that read
 their results at every token (Taylor attention's mean-centred keys, ``k - mean(k, tokens)``).
 
-    for (outer..., column vector) in parallel:          the reduced output, in vector lanes
-        acc[lanes] = 0                                   a register
-        for token:  acc += x[..., token, column vector]  one contiguous vector load a token
-        out[..., column vector] = acc
+    for (outer..., group of column vectors) in parallel:   the reduced output, in vector lanes
+        acc[group, lanes] = 0                               up to 4 registers
+        for token:  acc += x[..., token, group]             contiguous vector loads
+        out[..., group] = acc
     then each remaining injective block: one parallel, vectorized pass (``cpu_injective``)
 
 Producers read only by a reduction are inlined into it; the steps after the reductions keep

@@ -1,13 +1,17 @@
 """The base of saddc's CPU rules for functions built around one reduction (a matmul, a
 depthwise conv): the rest of the function is injective, a prologue to inline or place and an
-epilogue to run once per output tile; and the accumulator steps both rules end with."""
+epilogue to run once per output tile; and the accumulator steps the CPU rules share."""
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 
 from saddc.schedules.cpu_rule import CPUBlocksRule
 from saddc.schedules.simd import simd_lanes
+
+# Vectors a task of accumulate_in_lanes: four independent chains of vector additions cover
+# the add latency.
+GROUPED_VECTORS = 4
 
 
 class CPUReductionRule(CPUBlocksRule):
@@ -49,19 +53,30 @@ def finish_accumulator(sch: s_tir.Schedule, main, reader, reduction_loop, has_ep
 
 def accumulate_in_lanes(sch: s_tir.Schedule, main, epilogue: list, widest: int) -> None:
     """The innermost spatial loop of the reduction block ``main`` (spatial loops, then one
-    reduction) split into vectors of up to ``widest`` lanes that divide it, each vector
-    accumulated in a register over the whole reduction, then written by the last ``epilogue``
-    block (or a write-back); the vectors and the outer spatial loops in parallel, one task per
-    vector of the output. For a reduction whose input is contiguous along that loop (a sum down
-    columns), each step is one vector load."""
+    reduction) split into vectors of up to ``widest`` lanes that divide it, each accumulated in
+    a register over the whole reduction, then written by the last ``epilogue`` block (or a
+    write-back). Up to ``GROUPED_VECTORS`` vectors a task, unrolled inside the reduction loop,
+    so that their additions form independent chains (one vector's is bound by the add latency),
+    as long as the tasks, the groups and the outer spatial loops in parallel, number at least
+    two. For a reduction whose input is contiguous along that loop (a sum down columns), each
+    step is one vector load."""
     *outer, spatial, reduction = sch.get_loops(main)
-    lanes = simd_lanes(int(sch.get(spatial).extent), widest)
-    vectors, lane = sch.split(spatial, [None, lanes])
-    sch.reorder(vectors, reduction, lane)
-    task = sch.fuse(*outer, vectors)
+    extent = int(sch.get(spatial).extent)
+    lanes = simd_lanes(extent, widest)
+    vectors = extent // lanes
+    outer_tasks = 1
+    for loop in outer:
+        outer_extent = sch.get(loop).extent
+        outer_tasks *= int(outer_extent) if isinstance(outer_extent, tirx.IntImm) else 2
+    group = next(g for g in (GROUPED_VECTORS, 2, 1) if g == 1 or (vectors % g == 0 and outer_tasks * vectors // g >= 2))
+    tasks, grouped, lane = sch.split(spatial, [None, group, lanes])
+    sch.reorder(tasks, reduction, grouped, lane)
+    task = sch.fuse(*outer, tasks)
     reader = accumulator_reader(sch, main, epilogue)
     sch.reverse_compute_at(reader, task)
+    sch.unroll(sch.split(sch.get_loops(reader)[-1], [group, None])[0])
     sch.parallel(task)
+    sch.unroll(grouped)
     if lanes > 1:
         sch.vectorize(lane)
     finish_accumulator(sch, main, reader, reduction, has_epilogue=bool(epilogue), vectorized=lanes > 1)

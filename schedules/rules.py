@@ -19,6 +19,7 @@ from saddc.errors import SaddcWarning
 from saddc.schedules import (
     binary_hash, code_matmul, masked_sum, permute_rows, row_normalize, segmented_gemm, shift_gemm, token_partition,
 )
+from saddc.schedules.cpu_rule import move_local_buffers_to_stack
 
 KERNEL_ATTR = "saddc.kernel"
 # A hand-scheduled kernel's shape parameters (the keyword arguments of its builder).
@@ -49,7 +50,8 @@ class SaddcKernels(dl.ScheduleRule):
         kernel = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
         if kernel is None:
             return None
-        return SCHEDULES[str(kernel)](func, target)
+        scheduled = SCHEDULES[str(kernel)](func, target)
+        return scheduled if target.kind.name == "cuda" else move_local_buffers_to_stack(scheduled)
 
 
 class FallThroughOnError(dl.ScheduleRule):

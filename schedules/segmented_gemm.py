@@ -35,6 +35,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from saddc.schedules.cpu_rule import CPU_SCRATCH_SCOPE
 from saddc.schedules.shift_codes import ShiftWeights, codes_per_word, reference_matmul
 from saddc.schedules.shift_gemm import decoded_weight, packed_code, shifted_product
 from saddc.schedules.simd import simd_lanes, target_lanes
@@ -150,7 +151,7 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent,
     @T.macro
     def tile(xs, first, second, bias, ys, m0, tile_rows, channel_block, low, high):
         # Rows m0 .. m0 + tile_rows are computed, those in [low, high) stored.
-        acc = T.alloc_buffer((tile_rows, lanes), "float32", scope="local")
+        acc = T.alloc_buffer((tile_rows, lanes), "float32", scope=CPU_SCRATCH_SCOPE)
         for r in T.unroll(tile_rows):
             for i in T.vectorized(lanes):
                 acc[r, i] = T.float32(0)

@@ -27,6 +27,8 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from saddc.schedules.cpu_rule import CPU_SCRATCH_SCOPE
+
 __all__ = ["partition_reference", "token_partition", "CPU_CHUNKS", "CUDA_THREADS"]
 
 # Chunks a CPU partition uses (more than the cores, so uneven chunks balance) and threads of
@@ -67,7 +69,7 @@ def _cpu_kernel(experts: int) -> tirx.PrimFunc:
                     if chunk * per_chunk + j < tokens:
                         first[T.Cast("int32", choice[chunk * per_chunk + j]), chunk] += 1
             # Exclusive scan over (expert, chunk): first[e, c] becomes chunk c's first slot for e.
-            running = T.alloc_buffer((1,), "int32", scope="local")
+            running = T.alloc_buffer((1,), "int32", scope=CPU_SCRATCH_SCOPE)
             running[0] = 0
             for e in range(experts):
                 offsets[e] = running[0]
@@ -77,7 +79,7 @@ def _cpu_kernel(experts: int) -> tirx.PrimFunc:
                     running[0] += count
             offsets[experts] = running[0]
             for chunk in T.parallel(chunks):
-                next_slot = T.alloc_buffer((experts,), "int32", scope="local")
+                next_slot = T.alloc_buffer((experts,), "int32", scope=CPU_SCRATCH_SCOPE)
                 for e in range(experts):
                     next_slot[e] = first[e, chunk]
                 for j in range(per_chunk):

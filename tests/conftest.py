@@ -95,3 +95,14 @@ def run_te_kernel(kernel, arrays, output_shape, output_dtype="float32"):
     out = tvm.runtime.tensor(np.zeros(output_shape, output_dtype))
     kernel(*[tvm.runtime.tensor(a) for a in arrays if a is not None], out)
     return out.numpy()
+
+
+def llvm_source(executable) -> str:
+    """The LLVM IR of a built Relax executable's host code."""
+    modules = [executable.mod]
+    while modules:
+        module = modules.pop()
+        if module.kind == "llvm":
+            return module.inspect_source("ll")
+        modules += list(module.imports)
+    raise AssertionError("no LLVM module")

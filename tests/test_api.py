@@ -9,6 +9,7 @@ from tvm import relax
 
 import saddc
 from saddc.errors import InputError
+from conftest import llvm_source
 
 
 def small_mlp() -> tvm.IRModule:
@@ -43,16 +44,6 @@ def test_lower_returns_a_lowered_module():
     assert prim_funcs, "legalization produced no kernels"
     main = lowered["main"].script()
     assert "R.call_tir" not in main and "R.vm.alloc_storage" in main, "main is not VM-lowered"
-
-
-def llvm_source(executable) -> str:
-    modules = [executable.mod]
-    while modules:
-        module = modules.pop()
-        if module.kind == "llvm":
-            return module.inspect_source("ll")
-        modules += list(module.imports)
-    raise AssertionError("no LLVM module")
 
 
 def test_kernels_compile_with_unaliased_buffers_whatever_function_comes_last():

@@ -12,11 +12,12 @@ from tvm import relax
 
 import saddc
 from saddc.api import relax_op_counts
-from conftest import relative_error
+from conftest import llvm_source, relative_error
 
 
-def lowered_and_run(build_body, inputs):
-    """Lower a one-function Relax module through the saddc pipeline for llvm and run it."""
+def lowered_and_built(build_body, inputs):
+    """A one-function Relax module lowered through the saddc pipeline for llvm and built:
+    ``(lowered module, executable)``."""
     builder = relax.BlockBuilder()
     params = [relax.Var(f"x{i}", relax.TensorType(value.shape, "float32")) for i, value in enumerate(inputs)]
     with builder.function("main", params):
@@ -24,7 +25,12 @@ def lowered_and_run(build_body, inputs):
             output = builder.emit_output(build_body(*params))
         builder.emit_func_output(output)
     lowered = saddc.lower(builder.get())
-    executable, _ = saddc.build(lowered)
+    return lowered, saddc.build(lowered)[0]
+
+
+def lowered_and_run(build_body, inputs):
+    """Lower a one-function Relax module through the saddc pipeline for llvm and run it."""
+    lowered, executable = lowered_and_built(build_body, inputs)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     result = vm["main"](*[tvm.runtime.tensor(value) for value in inputs]).numpy()
     kernels = {gv.name_hint: func.script() for gv, func in lowered.functions.items() if isinstance(func, tvm.tirx.PrimFunc)}
@@ -72,6 +78,21 @@ def test_narrow_matmul_runs_as_dot_products_along_k(shape, columns):
     else:
         assert dot_products and re.search(r"x1_global\[(v\w+), (v\w+)\] = x1\[\2, \1\]", kernel), kernel
         assert len(re.findall(r"^    for .* in T\.parallel", kernel, flags=re.M)) == 1, kernel
+
+
+@pytest.mark.parametrize("rescope", [True, False])
+def test_scratch_buffers_are_on_the_stack(monkeypatch, rescope):
+    """The per-row accumulators of the dot products (Taylor attention's ``Q . sum_j k_j`` at 197
+    rows) are scheduled ``local``, which TVM 0.27 allocates from the heap on every row; the CPU
+    rules rescope them ``global``, a stack slot. Without that (``rescope`` off) the LLVM IR
+    calls the workspace allocator, which is how this test shows it can fail."""
+    if not rescope:
+        monkeypatch.setattr("saddc.schedules.cpu_rule.move_local_buffers_to_stack", lambda sch: sch)
+    q, k_sum = random(3, 197, 64), random(3, 64, 1, seed=1)
+    lowered, executable = lowered_and_built(lambda a, b: relax.op.matmul(a, b), [q, k_sum])
+    (kernel,) = [func.script() for func in lowered.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
+    assert ('scope="local"' in kernel) == (not rescope), kernel
+    assert ("TVMBackendAllocWorkspace" in llvm_source(executable)) == (not rescope)
 
 
 @pytest.mark.parametrize("scale", [None, 0.125])
@@ -144,6 +165,13 @@ def test_softmax_is_one_parallel_pass_over_rows(shape):
     assert ("_rf" in kernel, "T.vectorized" in kernel) == (in_lanes, in_lanes), kernel
 
 
+def down_columns(script: str, tokens: int):
+    """A serial loop over the tokens around the vector lanes of the channels (in groups of
+    vectors, unrolled: independent accumulators)."""
+    return re.search(r"for \w+ in range\(T\.int64\(%d\)\):\n(\s+for \w+ in T\.unroll\(T\.int64\(\d+\)\):\n)?"
+                     r"\s+for \w+ in T\.vectorized" % tokens, script)
+
+
 @pytest.mark.parametrize("shape", [(1, 16, 16), (1, 3136, 32), (3, 197, 64), (2, 7, 12)])
 def test_mean_over_tokens_runs_down_columns_before_the_rows_read_it(shape):
     """Additive and Taylor attention centre the keys on their mean over tokens: each token's row
@@ -158,8 +186,7 @@ def test_mean_over_tokens_runs_down_columns_before_the_rows_read_it(shape):
     (kernel,) = kernels.values()
     nests = re.findall(r"^    for .*$", kernel, flags=re.M)
     assert len(nests) == 3 and all("T.parallel" in nest for nest in nests), kernel
-    down_columns = re.search(r"for \w+ in range\(T\.int64\(%d\)\):\n\s+for \w+ in T\.vectorized" % shape[1], kernel)
-    assert down_columns, kernel
+    assert down_columns(kernel, shape[1]), kernel
 
 
 def test_sum_over_tokens_alone_runs_down_columns():
@@ -167,7 +194,7 @@ def test_sum_over_tokens_alone_runs_down_columns():
     result, kernels = lowered_and_run(lambda v: relax.op.sum(v, axis=1), [x])
     np.testing.assert_allclose(result, x.sum(axis=1), rtol=1e-5, atol=1e-4)
     (kernel,) = kernels.values()
-    assert scheduled(kernel) and re.search(r"for \w+ in range\(T\.int64\(197\)\):\n\s+for \w+ in T\.vectorized", kernel)
+    assert scheduled(kernel) and down_columns(kernel, 197), kernel
 
 
 @pytest.mark.parametrize("shape,outputs_in_lanes", [((1, 3136, 32), True), ((12544, 32), True),
