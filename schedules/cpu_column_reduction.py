@@ -52,18 +52,18 @@ class CPUColumnReduction(CPUBlocksRule):
 
 
 def _reduces_down_columns(sch: s_tir.Schedule, info) -> bool:
-    """Whether the block of ``info`` has spatial loops then one reduction loop, and reads a
-    buffer whose last dimension its innermost spatial loop indexes and an outer one its
-    reduction loop: the reduction walks down that buffer's columns, a row at a time."""
+    """Whether the block of ``info`` has spatial loops then one reduction loop and reads one
+    buffer (a sum, not a sum of products: a matmul is the matmul rule's), whose last dimension
+    its innermost spatial loop indexes and an outer one its reduction loop: the reduction walks
+    down that buffer's columns, a row at a time."""
     kinds = info.dom_kind()
-    if len(kinds) < 2 or kinds.count("R") != 1 or not kinds.endswith("R") or not isinstance(info.iters[-2].dom, int):
+    reads = sch.get(info.block_rv).reads
+    if (len(kinds) < 2 or kinds.count("R") != 1 or not kinds.endswith("R") or len(reads) != 1
+            or not isinstance(info.iters[-2].dom, int)):
         return False
     column, reduction = info.iters[-2].var, info.iters[-1].var
-    for region in sch.get(info.block_rv).reads:
-        indices = [span.min for span in region.region]
-        if indices and indices[-1].same_as(column) and any(index.same_as(reduction) for index in indices[:-1]):
-            return True
-    return False
+    indices = [span.min for span in reads[0].region]
+    return bool(indices) and indices[-1].same_as(column) and any(index.same_as(reduction) for index in indices[:-1])
 
 
 def _feeds_only(sch: s_tir.Schedule, info, reduction_blocks: list) -> bool:

@@ -189,12 +189,18 @@ def test_mean_over_tokens_runs_down_columns_before_the_rows_read_it(shape):
     assert down_columns(kernel, shape[1]), kernel
 
 
-def test_sum_over_tokens_alone_runs_down_columns():
-    x = random(2, 197, 48)
-    result, kernels = lowered_and_run(lambda v: relax.op.sum(v, axis=1), [x])
-    np.testing.assert_allclose(result, x.sum(axis=1), rtol=1e-5, atol=1e-4)
+@pytest.mark.parametrize("shape,axis", [((2, 197, 48), 1), ((1, 2, 17, 17), 2)])
+def test_sum_over_tokens_alone_runs_down_columns(shape, axis):
+    """Binary-coded attention's key sums: vectors of channels down the tokens; 17 channels
+    (a tiny PVT's) fill no vector of four and run one a task."""
+    x = random(*shape)
+    result, kernels = lowered_and_run(lambda v: relax.op.sum(v, axis=axis), [x])
+    np.testing.assert_allclose(result, x.sum(axis=axis), rtol=1e-5, atol=1e-4)
     (kernel,) = kernels.values()
-    assert scheduled(kernel) and down_columns(kernel, 197), kernel
+    if shape[-1] % 4:
+        assert "T.parallel" in kernel, kernel
+    else:
+        assert scheduled(kernel) and down_columns(kernel, shape[axis]), kernel
 
 
 @pytest.mark.parametrize("shape,outputs_in_lanes", [((1, 3136, 32), True), ((12544, 32), True),
