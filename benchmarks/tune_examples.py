@@ -6,10 +6,10 @@ tuned with MetaSchedule.
 Exports DeiT-Tiny (about 3 minutes on two cores; PVTv2-b0, whose softmax and layer norms are a
 few percent of its time, on request) from ``examples/`` with a fixed batch of 1 (MetaSchedule
 tunes static shapes only), tunes their softmax and layer-norm kernels (``saddc tune --kernels``;
-DLight's generic CPU reductions leave those scalar, while saddc's own rules cover the matmuls,
-convs and injective kernels, which MetaSchedule's short runs did not beat) and merges the records
-that beat the default schedules into ``saddc/tuning_db/llvm-ARCH``, which ``saddc compile``
-applies to llvm builds for that CPU. Writes what each kernel took, default and tuned, to
+the matmuls, convs and injective kernels are left to saddc's rules, which MetaSchedule's short
+runs did not beat) and merges the records that beat the default schedules (saddc's row-reduction
+rule) into ``saddc/tuning_db/llvm-ARCH``, which ``saddc compile`` applies to llvm builds for that
+CPU; where none did, no database is left for the CPU. Writes what each kernel took, default and tuned, to
 ``benchmarks/results/tuning_llvm-ARCH_<machine>.json``.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
@@ -58,14 +59,19 @@ def main() -> int:
             for kernels in KERNELS:
                 print(f"{name}: tuning its {kernels} kernels", file=sys.stderr)
                 rows += [(name, row) for row in tuning.tune(onnx_path, database, trials=args.trials, kernels=kernels)]
+    # A database without records would still be found and applied to every compile for this
+    # CPU, to no effect: where no record beat saddc's schedules, none is shipped.
+    if not (database / tuning.RECORD_FILE).stat().st_size:
+        shutil.rmtree(database)
+    shipped = database.relative_to(ROOT) if database.exists() else None
     machine = benchmarking.machine(False)
     result = {"benchmark": "tune_examples", "target": target.describe(), "machine": machine,
-              "date": benchmarking.now(), "trials": args.trials, "database": str(database.relative_to(ROOT)),
+              "date": benchmarking.now(), "trials": args.trials, "database": shipped and str(shipped),
               "kernels": [{"model": name, **asdict(row)} for name, row in rows]}
     out = ROOT / "benchmarks" / "results" / f"tuning_{target.kind}-{target.arch}_{benchmarking.machine_slug(machine)}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(tuning.table([row for _, row in rows])))
-    print(f"wrote {database} and {out}")
+    print(f"wrote {shipped or f'no database (no record beat the default schedules on {target.arch})'} and {out}")
     return 0
 
 
