@@ -112,7 +112,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
     spec = modules["tvm default"].inputs[0]
     if len(modules["tvm default"].inputs) != 1:
         raise InputError("saddc bench times single-input models (an image batch)")
-    rows, kernels = [], {}
+    rows, kernels, kernels_alone_us = [], {}, {}
     machine = benchmarking.machine(is_cuda)
     peak = benchmarking.gpu_peak(machine["gpu"]) if is_cuda else None
     for batch in batches:
@@ -131,7 +131,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
                          "flags": plan["modules"].get(runner.name, {}).get("flags"), "vs_reference": agreement})
         for name in ("saddc plain", "saddc shiftaddvit"):
             if name in modules and batch == batches[0]:
-                kernels[name] = _slowest_kernels(modules[name], x, peak)
+                kernels[name], kernels_alone_us[name] = _slowest_kernels(modules[name], x, peak)
     base = {r["batch"]: r["median_us"] for r in rows if r["runner"] == "onnxruntime"} or \
         {r["batch"]: r["median_us"] for r in rows if r["runner"] == "tvm default"}
     for row in rows:
@@ -143,7 +143,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
         "method": f"median and spread of {repeat} rounds; each round times every runner once (then pauses "
                   f"{SETTLE_SECONDS} s), averaging "
                   f"calls that fill >= {min_repeat_ms} ms after a warm-up; one process",
-        "rows": rows, "slowest_kernels": kernels,
+        "rows": rows, "slowest_kernels": kernels, "kernels_alone_us": kernels_alone_us,
     }
 
 
@@ -242,10 +242,12 @@ def _agreement(ours: np.ndarray, reference: np.ndarray) -> dict:
     return result
 
 
-def _slowest_kernels(module, x, peak: dict | None) -> list[dict]:
+def _slowest_kernels(module, x, peak: dict | None) -> tuple[list[dict], float]:
     """The slowest kernels of ``module`` on ``x``: time over all calls, share, and the rates
     achieved in one call (its estimated FLOPs and its arguments' bytes over its time), with
-    their fractions of the device's ``peak`` where known."""
+    their fractions of the device's ``peak`` where known; and the time of all its kernels in
+    microseconds. Each kernel is timed alone, its arguments warm in the caches: in a call the
+    weights stream from memory, and the sum falls short of the call's time."""
     timings = module.time_kernels(x, repeat=3)
     totals = []
     for name, timing in timings.items():
@@ -261,7 +263,7 @@ def _slowest_kernels(module, x, peak: dict | None) -> list[dict]:
     everything = sum(k["total_us"] for k in totals)
     for kernel in totals:
         kernel["share"] = kernel["total_us"] / everything
-    return sorted(totals, key=lambda k: -k["total_us"])[:TOP_KERNELS]
+    return sorted(totals, key=lambda k: -k["total_us"])[:TOP_KERNELS], everything
 
 
 def table(result: dict) -> list[str]:
@@ -277,9 +279,12 @@ def table(result: dict) -> list[str]:
         lines.append(f"{row['runner']:<20}{row['batch']:>6}{row['median_us'] / 1e3:>12.2f}{spread:>10.1f}"
                      f"{row['x_vs_baseline']:>8.2f}   {text}")
     peak = result.get("device_peak")
+    batch = result["rows"][0]["batch"]
     for name, kernels in result["slowest_kernels"].items():
-        lines.append(f"slowest kernels of {name} (batch {result['rows'][0]['batch']}; a call's GFLOP/s and GB/s"
-                     + (", % of the device's fp32 and bandwidth peaks):" if peak else "):"))
+        call_us = next(row["median_us"] for row in result["rows"] if row["runner"] == name and row["batch"] == batch)
+        lines.append(f"slowest kernels of {name} (batch {batch}; each timed alone, all of them "
+                     f"{result['kernels_alone_us'][name] / 1e3:.2f} ms of a {call_us / 1e3:.2f} ms call; a call's "
+                     f"GFLOP/s and GB/s" + (", % of the device's fp32 and bandwidth peaks):" if peak else "):"))
         for k in kernels:
             flops = "-" if k["gflop_per_s"] is None else f"{k['gflop_per_s']:.1f}"
             rates = f"{flops:>8} {k['gbyte_per_s']:7.1f}"

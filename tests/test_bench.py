@@ -37,6 +37,11 @@ def test_bench_times_every_runner_side_by_side(model, tmp_path):
     assert data["slowest_kernels"] and "saddc plain" in result.stdout
     slowest = data["slowest_kernels"]["saddc plain"]
     assert all(k["gbyte_per_s"] > 0 for k in slowest) and any((k["gflop_per_s"] or 0) > 0 for k in slowest)
+    # Every kernel's time, which the listed slowest are part of, and the shares are of it.
+    everything = data["kernels_alone_us"]["saddc plain"]
+    assert sum(k["total_us"] for k in slowest) <= everything * (1 + 1e-9)
+    assert sum(k["share"] for k in slowest) == pytest.approx(sum(k["total_us"] for k in slowest) / everything)
+    assert f"all of them {everything / 1e3:.2f} ms of a" in result.stdout
     assert not list(tmp_path.glob("*build*")), "the compiled modules are temporary"
 
 
