@@ -25,9 +25,10 @@ remains moves all kernels together: each ratio is divided by the run's drift, th
 of all kernels against the baseline, so what fails is a kernel that slowed down against the
 rest. A drift beyond ``DRIFT_LIMIT`` is neither load nor another CPU model but most kernels
 changing at once: kernels are then judged on their uncorrected ratios, and a drift to slower
-fails the run. On the CPU everything runs on one thread: a thread pool sharing two cores with other work
-(a CI neighbour) is far noisier than one thread. The check fails when a kernel's corrected ratio
-exceeds its baseline by more than ``--tolerance`` (see the README for the noise it is set from).
+fails the run. On the CPU everything runs on one thread: a thread pool sharing two cores with
+other work (a CI neighbour) is far noisier than one thread. The check fails when a kernel's
+corrected ratio exceeds its baseline by more than ``--tolerance`` (see the README for the noise
+it is set from).
 """
 
 from __future__ import annotations
