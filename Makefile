@@ -23,7 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# The kernel-latency regression gate against benchmarks/results/latency_gate_llvm_baseline.json.
+# The kernel-latency regression gate against the CPU model's baseline in benchmarks/results/
+# (latency_gate_llvm-<cpu>_baseline.json, else latency_gate_llvm_baseline.json).
 gate: $(STAMP)
 	$(BIN)/python benchmarks/latency_gate.py
 

@@ -90,6 +90,18 @@ def test_most_kernels_speeding_up_leave_the_rest_unjudged_by_it():
     assert gate.regressions(scaled({"take": 3.0}), BASELINE, tolerance=1.0) == []
 
 
+def test_a_device_model_with_its_own_baseline_is_checked_against_it(tmp_path, monkeypatch):
+    from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
+
+    gate = gate_module()
+    monkeypatch.setattr(gate, "RESULTS", tmp_path)
+    own = tmp_path / f"latency_gate_llvm-{parse_target('llvm').arch}_baseline.json"
+    assert gate.baseline_for("llvm") == tmp_path / "latency_gate_llvm_baseline.json"
+    assert gate.baseline_for("llvm", update=True) == own
+    own.write_text("{}")
+    assert gate.baseline_for("llvm") == own
+
+
 def test_cuda_reference_kernel_builds_without_a_gpu():
     """The CUDA gate's yardstick (timed where a GPU is visible) compiles here to a fatbin."""
     from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
