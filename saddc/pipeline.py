@@ -145,7 +145,10 @@ def schedule_passes(config: LowerConfig) -> list:
     from tvm.s_tir import dlight as dl
 
     from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels
+    from saddc.tensor_intrinsics import import_tensor_intrinsics
 
+    if config.target.is_cuda and config.dtype == "float16":
+        import_tensor_intrinsics()  # DLight's tensor-core matmul rule would import them slowly
     # Tuned records first: the kernels they schedule are marked scheduled, and DLight skips them.
     tuned = [ApplyTuningDatabase(config.tuning_db, config.reports)] if config.tuning_db else []
     return [DispatchHandScheduledKernels(config.target), *tuned, dl.ApplyDefaultSchedule(*schedule_rules(config))]

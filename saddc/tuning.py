@@ -107,10 +107,10 @@ def _progress_callback(bar, failures: list[str]):
 
 
 def build_candidate(mod, target, _params):
-    """MetaSchedule's default build without its import of ``tvm.s_tir.tensor_intrin``: that
-    import takes about a minute on these machines, and the builder pays it in every fresh
-    worker (it restarts its pool on every batch), which times the builds out. Tensorized
-    intrinsics do not occur in float32 schedules."""
+    """MetaSchedule's default build without its import of ``tvm.s_tir.tensor_intrin``: the
+    builder would pay that import in every fresh worker (it restarts its pool on every batch;
+    18 s in a fresh process), which timed the builds out. Tensorized intrinsics do not occur in
+    float32 schedules."""
     # pylint: disable=import-outside-toplevel
     from tvm.driver import build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
@@ -187,6 +187,7 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
 
     from saddc.passes.apply_tuning_database import needs_schedule
     from saddc.pipeline import schedule_rules
+    from saddc.tensor_intrinsics import import_tensor_intrinsics
 
     target = tuning_target(config.target)
     tasks = [task for task in ms.relax_integration.extract_tasks(legalized, target)
@@ -204,6 +205,7 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
     runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50))
     # MetaSchedule's console log takes its level from this logger; the progress bar says the rest.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    import_tensor_intrinsics()  # every tuning context imports them, slowly on its own
     with tempfile.TemporaryDirectory(prefix="saddc-tune-") as work_dir:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=0)
         failures: list[str] = []
