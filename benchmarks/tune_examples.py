@@ -59,8 +59,8 @@ def main() -> int:
             for kernels in KERNELS:
                 print(f"{name}: tuning its {kernels} kernels", file=sys.stderr)
                 rows += [(name, row) for row in tuning.tune(onnx_path, database, trials=args.trials, kernels=kernels)]
-    # A database without records would still be found and applied to every compile for this
-    # CPU, to no effect: where no record beat saddc's schedules, none is shipped.
+    # Where no record beat saddc's schedules, none is shipped (compile would skip an empty
+    # database, tuning.shipped_database, but it would stand in the tree as if it were one).
     if not (database / tuning.RECORD_FILE).stat().st_size:
         shutil.rmtree(database)
     shipped = database.relative_to(ROOT) if database.exists() else None

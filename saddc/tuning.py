@@ -38,9 +38,10 @@ RECORD_FILE = "database_tuning_record.json"
 
 
 def shipped_database(target) -> Path | None:
-    """The database saddc ships for ``target`` (a TargetSpec), if it ships one."""
-    path = SHIPPED / f"{target.kind}-{target.arch}"
-    return path if (path / RECORD_FILE).exists() else None
+    """The database saddc ships for ``target`` (a TargetSpec), if it ships one with records (a
+    tuning run that kept none, as on a CPU where saddc's rules won every kernel, is none)."""
+    records = SHIPPED / f"{target.kind}-{target.arch}" / RECORD_FILE
+    return records.parent if records.is_file() and records.stat().st_size > 0 else None
 
 
 def open_database(path: str | Path):

@@ -84,6 +84,22 @@ def test_bad_tuning_input_is_one_line_and_writes_nothing(model, tmp_path, args, 
     assert not (tmp_path / "m.so").exists() and not list(tmp_path.glob("db/*.json"))
 
 
+def test_only_a_shipped_database_with_records_is_applied(monkeypatch, tmp_path):
+    from saddc import tuning  # pylint: disable=import-outside-toplevel
+    from saddc.target import parse_target  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(tuning, "SHIPPED", tmp_path)
+    target = parse_target("llvm", "x86-64")
+    assert tuning.shipped_database(target) is None
+    database = tmp_path / "llvm-x86-64"
+    database.mkdir()
+    (database / tuning.WORKLOAD_FILE).write_text("")
+    (database / tuning.RECORD_FILE).write_text("")
+    assert tuning.shipped_database(target) is None
+    (database / tuning.RECORD_FILE).write_text("[0, [[], [], 0]]\n")
+    assert tuning.shipped_database(target) == database
+
+
 def test_shipped_database_schedules_the_example_model_at_batch_one(tmp_path):
     """saddc ships MetaSchedule records for this CPU (benchmarks/tune_examples.py): a compile of
     DeiT-Tiny exported with batch 1 applies them without being asked, says so, and still
