@@ -32,6 +32,7 @@ from tvm import relax
 from saddc import errors
 from saddc.config import LowerConfig
 from saddc.legalizations import legalizations
+from saddc.tvmscript_parsing import cache_fileless_frames, import_tensor_intrinsics
 
 PhaseCallback = Callable[[str, float], None]
 
@@ -145,7 +146,6 @@ def schedule_passes(config: LowerConfig) -> list:
     from tvm.s_tir import dlight as dl
 
     from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels
-    from saddc.tensor_intrinsics import import_tensor_intrinsics
 
     if config.target.is_cuda and config.dtype == "float16":
         import_tensor_intrinsics()  # DLight's tensor-core matmul rule would import them slowly
@@ -186,6 +186,7 @@ def run_phases(
 ) -> tvm.IRModule:
     """Run every phase in order under the target, dumping IR after each when asked; with
     ``until``, stop after the phase of that name."""
+    cache_fileless_frames()  # the passes write saddc's kernels in TVMScript
     dump_dir = Path(config.dump_ir) if config.dump_ir else None
     if dump_dir:
         dump_dir.mkdir(parents=True, exist_ok=True)

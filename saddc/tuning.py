@@ -188,7 +188,7 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
 
     from saddc.passes.apply_tuning_database import needs_schedule
     from saddc.pipeline import schedule_rules
-    from saddc.tensor_intrinsics import import_tensor_intrinsics
+    from saddc.tvmscript_parsing import import_tensor_intrinsics
 
     target = tuning_target(config.target)
     tasks = [task for task in ms.relax_integration.extract_tasks(legalized, target)

@@ -1,7 +1,6 @@
 """--dtype float16: the model's dense ops in fp16 with fp32 accumulation, checked against the
 fp32 original on the CPU (which emulates fp16), and built for CUDA."""
 
-import inspect
 import json
 
 import numpy as np
@@ -16,7 +15,6 @@ from saddc.cuda import read_fatbins
 from saddc.errors import ConfigError, SaddcWarning
 from saddc.frontends.torch_export import export_onnx
 from saddc.passes import ConvertToFloat16
-from saddc.tensor_intrinsics import cache_frozen_module_frames
 
 
 @pytest.fixture(scope="module")
@@ -68,42 +66,6 @@ def test_float16_cuda_build_falls_through_a_failing_dlight_rule_with_a_warning(t
     with pytest.warns(SaddcWarning, match=r"DLight's Matmul rule failed on the kernel of float16\[batch, 14, 14, 768\]"):
         result = saddc.compile(onnx_path, target="cuda", dtype="float16", output=tmp_path / "m.so")
     assert {(e.kind, e.arch) for e in read_fatbins(result.output)} == {("sass", 90), ("ptx", 90)}
-
-
-class CountingLookups(dict):
-    """inspect's module-to-file cache, counting lookups: getmodule makes one per module in
-    sys.modules each time it rescans them."""
-
-    lookups = 0
-
-    def get(self, *args):
-        self.lookups += 1
-        return super().get(*args)
-
-
-def test_frozen_import_frames_resolve_without_rescanning_every_module(monkeypatch, tmp_path):
-    """What makes importing TVM's tensor intrinsics (the fp16 matmul rule's) fast: inspect finds
-    the module of an import-machinery frame in its cache instead of scanning sys.modules."""
-    (tmp_path / "keeps_its_import_stack.py").write_text(
-        "import sys\nFRAMES = []\nframe = sys._getframe()\nwhile frame:\n"
-        "    FRAMES.append(frame)\n    frame = frame.f_back\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import keeps_its_import_stack  # pylint: disable=import-outside-toplevel,import-error
-
-    frozen = [frame for frame in keeps_its_import_stack.FRAMES if frame.f_code.co_filename.startswith("<frozen")]
-    assert frozen
-    monkeypatch.setattr(inspect, "modulesbyfile", {})
-    monkeypatch.setattr(inspect, "_filesbymodname", CountingLookups())
-    inspect.getframeinfo(frozen[0])
-    assert inspect._filesbymodname.lookups > 100  # pylint: disable=protected-access
-
-    cache_frozen_module_frames()
-    monkeypatch.setattr(inspect, "_filesbymodname", CountingLookups())
-    for frame in frozen:
-        inspect.getframeinfo(frame)
-    assert inspect._filesbymodname.lookups == 0  # pylint: disable=protected-access
-    assert "<frozen importlib._bootstrap>" in {frame.f_code.co_filename for frame in frozen}
-    assert all(inspect.getmodule(frame).__name__ in frame.f_code.co_filename for frame in frozen)
 
 
 def test_dtype_errors_are_one_line(deit_onnx, tmp_path):
