@@ -159,8 +159,7 @@ def assemble() -> Path:
         raise SystemExit(f"error: {COMPILER}.xz did not decompress")
     library.chmod(0o755)
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site)]
-    subprocess.run([*pip, *map(str, sorted((KIT / "b").glob("*.whl")))], check=True)
-    subprocess.run([*pip, "--no-build-isolation", str(ROOT)], check=True)
+    subprocess.run([*pip, "--no-build-isolation", *map(str, sorted((KIT / "b").glob("*.whl"))), str(ROOT)], check=True)
     return site
 
 
