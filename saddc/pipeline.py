@@ -32,7 +32,7 @@ from tvm import relax
 from saddc import errors
 from saddc.config import LowerConfig
 from saddc.legalizations import legalizations
-from saddc.tvmscript_parsing import cache_fileless_frames, import_tensor_intrinsics
+from saddc.tvmscript_parsing import cache_fileless_frames
 
 PhaseCallback = Callable[[str, float], None]
 
@@ -147,8 +147,6 @@ def schedule_passes(config: LowerConfig) -> list:
 
     from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels
 
-    if config.target.is_cuda and config.dtype == "float16":
-        import_tensor_intrinsics()  # DLight's tensor-core matmul rule would import them slowly
     # Tuned records first: the kernels they schedule are marked scheduled, and DLight skips them.
     tuned = [ApplyTuningDatabase(config.tuning_db, config.reports)] if config.tuning_db else []
     return [DispatchHandScheduledKernels(config.target), *tuned, dl.ApplyDefaultSchedule(*schedule_rules(config))]
@@ -186,7 +184,8 @@ def run_phases(
 ) -> tvm.IRModule:
     """Run every phase in order under the target, dumping IR after each when asked; with
     ``until``, stop after the phase of that name."""
-    cache_fileless_frames()  # the passes write saddc's kernels in TVMScript
+    # The passes write saddc's kernels in TVMScript; DLight and MetaSchedule import TVM's.
+    cache_fileless_frames()
     dump_dir = Path(config.dump_ir) if config.dump_ir else None
     if dump_dir:
         dump_dir.mkdir(parents=True, exist_ok=True)

@@ -188,7 +188,6 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
 
     from saddc.passes.apply_tuning_database import needs_schedule
     from saddc.pipeline import schedule_rules
-    from saddc.tvmscript_parsing import import_tensor_intrinsics
 
     target = tuning_target(config.target)
     tasks = [task for task in ms.relax_integration.extract_tasks(legalized, target)
@@ -206,7 +205,6 @@ def _tune_kernels(legalized, config, database_dir: Path, trials: int, kernels: s
     runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50))
     # MetaSchedule's console log takes its level from this logger; the progress bar says the rest.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    import_tensor_intrinsics()  # every tuning context imports them, slowly on its own
     with tempfile.TemporaryDirectory(prefix="saddc-tune-") as work_dir:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, seed=0)
         failures: list[str] = []

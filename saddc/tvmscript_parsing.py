@@ -7,9 +7,10 @@ during an import) and those of the expressions TVMScript itself evaluates (``<as
 lookups miss ``inspect``'s file-to-module cache every time, and each miss rescans all of
 ``sys.modules`` (about 2,000 modules once TVM is loaded, thousands more with torch and pytest)
 only to find no module. ``cache_fileless_frames`` enters those names in the cache with that
-answer. Measured on an AVX-512 Xeon: importing TVM's tensor intrinsics (~250 TVMScript
-functions; DLight's tensor-core matmul rule for float16 on CUDA and every MetaSchedule tuning
-context import them) 17.7 -> 3.0 s in a fresh process; in the test process (``python -m
+answer; the pipeline calls it before its passes run, which covers the kernels they write and
+TVM's tensor intrinsics (~250 TVMScript functions), which DLight's tensor-core matmul rule
+(float16 on CUDA) and every MetaSchedule tuning context import. Measured on an AVX-512 Xeon:
+importing the intrinsics 17.7 -> 3.0 s in a fresh process; in the test process (``python -m
 pytest``), a float16 CUDA compile 67 -> 12 s and five MoE compiles, whose kernels saddc writes
 in TVMScript, 63 -> 53 s.
 """
@@ -44,9 +45,3 @@ def cache_fileless_frames() -> None:
     for name in fileless_frame_names():
         inspect.modulesbyfile.setdefault(name, None)
 
-
-def import_tensor_intrinsics() -> None:
-    """Import and register TVM's tensor intrinsics, quickly (see the module doc)."""
-    if "tvm.s_tir.tensor_intrin" not in sys.modules:
-        cache_fileless_frames()
-        importlib.import_module("tvm.s_tir.tensor_intrin")

@@ -9,7 +9,7 @@ from saddc.tvmscript_parsing import cache_fileless_frames
 
 
 class CountingLookups(dict):
-    """inspect's module-to-file cache, counting lookups: ``inspect.getmodule`` makes one per
+    """inspect's module-name-to-file cache, counting lookups: ``inspect.getmodule`` makes one per
     module in ``sys.modules`` each time it rescans them."""
 
     lookups = 0
@@ -30,10 +30,10 @@ def stack_of(frame) -> list:
 def test_fileless_frames_resolve_as_before_without_rescanning_every_module(monkeypatch, tmp_path):
     """Frames of a frozen module (any import's) and of an expression TVMScript evaluates have no
     module; inspect now finds that in its cache instead of rescanning sys.modules for each."""
-    stacks = []
+    parsed_from = []
 
     def four():
-        stacks.append(stack_of(sys._getframe()))  # pylint: disable=protected-access
+        parsed_from.append(sys._getframe())  # pylint: disable=protected-access
         return 4
 
     @T.prim_func
@@ -41,13 +41,11 @@ def test_fileless_frames_resolve_as_before_without_rescanning_every_module(monke
         for i in range(four()):  # evaluated by the parser
             a[i] = T.float32(0)
 
-    (tmp_path / "keeps_its_import_stack.py").write_text("import sys\nFRAMES = []\nframe = sys._getframe()\n"
-                                                        "while frame:\n    FRAMES.append(frame)\n"
-                                                        "    frame = frame.f_back\n")
+    (tmp_path / "keeps_its_frame.py").write_text("import sys\nFRAME = sys._getframe()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import keeps_its_import_stack  # pylint: disable=import-outside-toplevel,import-error
+    import keeps_its_frame  # pylint: disable=import-outside-toplevel,import-error
 
-    fileless = [frame for frame in keeps_its_import_stack.FRAMES + [f for stack in stacks for f in stack]
+    fileless = [frame for start in (*parsed_from, keeps_its_frame.FRAME) for frame in stack_of(start)
                 if frame.f_code.co_filename.startswith("<")]
     assert {"<ast>", "<frozen importlib._bootstrap>"} <= {frame.f_code.co_filename for frame in fileless}
 
