@@ -61,7 +61,8 @@ def _cpu_kernel(experts: int) -> tirx.PrimFunc:
         slot = T.match_buffer(slot_handle, (tokens,), "int32")
         with T.sblock("root"):
             first = T.alloc_buffer((experts, chunks), "int32")
-            per_chunk = T.ceildiv(tokens, T.int64(chunks))
+            # Scalars are bound, not assigned (see segmented_gemm): no heap cell per token.
+            per_chunk = T.Bind(T.ceildiv(tokens, T.int64(chunks)))
             for chunk in T.parallel(chunks):
                 for e in range(experts):
                     first[e, chunk] = 0
@@ -84,8 +85,8 @@ def _cpu_kernel(experts: int) -> tirx.PrimFunc:
                     next_slot[e] = first[e, chunk]
                 for j in range(per_chunk):
                     if chunk * per_chunk + j < tokens:
-                        token = chunk * per_chunk + j
-                        expert = T.Cast("int32", choice[token])
+                        token = T.Bind(chunk * per_chunk + j)
+                        expert = T.Bind(T.Cast("int32", choice[token]))
                         slot[token] = next_slot[expert]
                         order[next_slot[expert]] = T.Cast("int32", token)
                         next_slot[expert] += 1

@@ -105,6 +105,25 @@ def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, fir
     np.testing.assert_allclose(ys.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kinds", [(DENSE, SHIFT), (SHIFT, DENSE)])
+@pytest.mark.parametrize("cpu", CPU_TARGETS)
+def test_short_and_long_segments_compute_every_row(kinds, cpu):
+    """The CPU kernel orders its work channel blocks first for a segment of up to
+    CHANNEL_MAJOR_ROWS rows and row tiles first for a longer one: one segment of each here."""
+    in_features, out_features, tokens, first = 20, 48, 1900, 700
+    assert first <= segmented_gemm.CHANNEL_MAJOR_ROWS < tokens - first
+    experts = experts_for(in_features, out_features, kinds)
+    xs = np.random.default_rng(4).standard_normal((tokens, in_features)).astype("float32")
+    offsets = np.array([0, first, tokens], "int32")
+    ys = tvm.runtime.tensor(np.full((tokens, out_features), np.nan, "float32"))
+    for index, expert in enumerate(experts):
+        kernel = compile_cpu(segment_kernel(index, expert, in_features, out_features, CPU_TARGETS[cpu]),
+                             f"segment{index}", CPU_TARGETS[cpu])
+        kernel(tvm.runtime.tensor(xs), tvm.runtime.tensor(offsets), *weight_args(expert), ys)
+    expected = segmented_gemm.segmented_reference(xs, offsets, experts)
+    np.testing.assert_allclose(ys.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_tiles_fit_the_target_vector_registers():
     """Two vectors of channels; 16 accumulators in AVX-512's 32 registers, 12 in AVX2's or SSE's 16."""
     tiles = {cpu: segmented_gemm.cpu_tile(parse_target("llvm", cpu).to_tvm())
