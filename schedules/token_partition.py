@@ -75,6 +75,8 @@ def _cpu_kernel(experts: int) -> tirx.PrimFunc:
             for e in range(experts):
                 offsets[e] = running[0]
                 for chunk in range(chunks):
+                    # Kept assigned (a one-element buffer, a few a call): it holds the count read
+                    # before the store below overwrites the cell.
                     count = first[e, chunk]
                     first[e, chunk] = running[0]
                     running[0] += count
