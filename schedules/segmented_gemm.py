@@ -181,8 +181,9 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent,
             high = T.Bind(T.min(low + rows, end))
             if high > low:
                 if tokens >= rows:
-                    # A tile that the segment's end cuts runs the whole-tile body on the `rows`
-                    # rows of the buffer up to its end (some outside the segment: computed, not
+                    # A tile that the segment's end cuts runs the whole-tile body on a window
+                    # of `rows` rows of the buffer that covers its part (from its first row, or
+                    # ending at the buffer's last; rows outside the segment are computed, not
                     # stored). Its rows one at a time would each load every weight, as a whole
                     # tile does (DeiT-Tiny's fc1 segment of rows 98-196, both cores: dense
                     # 124 -> 75 us, shift 206 -> 86 us).
