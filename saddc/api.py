@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import hashlib
 import os
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +49,30 @@ def build(lowered: tvm.IRModule, config: LowerConfig | None = None) -> tuple[rel
 def lower_tvm_default(mod: tvm.IRModule, config: LowerConfig) -> tvm.IRModule:
     """TVM's own default Relax pipeline for the target: the baseline saddc is measured against."""
     target = config.target.to_tvm()
-    with target:
+    with target, _native_log_collapsed():
         return relax.pipeline.get_default_pipeline(target)(mod)
+
+
+@contextlib.contextmanager
+def _native_log_collapsed():
+    """Print what TVM's C++ side logs to the standard error meanwhile once a line, with its
+    count: its legalization warns at every ``fast``-mode take (DeiT-Tiny: 37 identical lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            # TVM stamps each line with the time ("[04:11:41] "), which would keep repeats apart.
+            lines = collections.Counter(re.sub(r"^\[[\d:]+\] ", "", line)
+                                        for line in log.read().decode(errors="replace").splitlines())
+            for line, count in lines.items():
+                print(line if count == 1 else f"{line} ({count} times)", file=sys.stderr)
 
 
 @dataclass

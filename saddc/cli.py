@@ -346,9 +346,19 @@ def cmd_bench(args) -> int:
         bench.build(Path(args.model), args.target, args.arch, variants, Path(args.build_only), calibration)
         print(f"built into {args.build_only}; time with: saddc bench --run {args.build_only}")
         return 0
+    _require_gpu_to_time(args.target)
     with tempfile.TemporaryDirectory(prefix="saddc-bench-") as build_dir:
         bench.build(Path(args.model), args.target, args.arch, variants, Path(build_dir), calibration)
         return _bench_report(bench.run(Path(build_dir), batches, args.repeat, args.torch), args.out)
+
+
+def _require_gpu_to_time(target: str) -> None:
+    """Fail before the builds (a minute or more) when a cuda benchmark would then find no GPU."""
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    if target == "cuda" and not tvm.cuda(0).exist:
+        raise SaddcError("timing for cuda needs a CUDA GPU, and this machine has none: build here with "
+                         "--build-only DIR, then time on the GPU machine with saddc bench --run DIR")
 
 
 def _bench_report(result: dict, out_dir: str) -> int:

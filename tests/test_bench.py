@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import random_input, run_saddc
+from conftest import gpu_available, random_input, run_saddc
 from model_zoo import IMAGE, build
 from saddc.config import CUDA_BENCH_VARIANTS
 from saddc.frontends.torch_export import export_onnx
@@ -61,12 +61,16 @@ def test_cuda_build_compiles_every_variant(model, tmp_path):
     (["--repeat", "1"], "needs a model"),
     (["--run", "{tmp}"], "holds no saddc bench build"),
     (["{tmp}/missing.onnx"], "missing.onnx"),
+    pytest.param(["{model}", "--target", "cuda"], "timing for cuda needs a CUDA GPU",
+                 marks=pytest.mark.skipif(gpu_available(), reason="a GPU is visible: cuda timing runs")),
 ])
 def test_bad_bench_input_is_one_line(model, tmp_path, args, message):
+    """Each fails before the first build, and writes nothing."""
     result = run_saddc("bench", *[arg.format(model=model, tmp=tmp_path) for arg in args], "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("saddc: error:")]
     assert message in line and "Traceback" not in result.stderr
+    assert "compiling" not in result.stderr
     assert not list(tmp_path.glob("out/bench_*"))
 
 
