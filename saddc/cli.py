@@ -227,6 +227,11 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _label(kind: str, index: int, count: int) -> str:
+    """``kind[index]`` padded to the widest of ``count`` such labels, so that columns align."""
+    return f"{kind}[{index}]".ljust(len(f"{kind}[{count - 1}]"))
+
+
 def cmd_inspect(args) -> int:
     # pylint: disable=import-outside-toplevel
     from saddc.config import LowerConfig
@@ -254,12 +259,12 @@ def cmd_inspect(args) -> int:
     print(f"\nlinear layers: {len(linears)}")
     for layer in linears:
         bias = "+bias" if layer.has_bias else ""
-        print(f"  linear[{layer.index}]  {layer.role:<11} {layer.in_features} -> {layer.out_features} "
+        print(f"  {_label('linear', layer.index, len(linears))}  {layer.role:<11} {layer.in_features} -> {layer.out_features} "
               f"{bias:<6} input {list(layer.input_shape)}  {layer.name}")
     blocks = find_attention_blocks(mod)
     print(f"\nsoftmax attention blocks: {len(blocks)}")
     for block in blocks:
-        print(f"  attention[{block.index}]  stage {block.stage}  heads {block.heads}  query tokens "
+        print(f"  {_label('attention', block.index, len(blocks))}  stage {block.stage}  heads {block.heads}  query tokens "
               f"{block.query_tokens}  key tokens {block.key_tokens}  head dim {block.head_dim}  "
               f"scale on {block.scale} ({block.score_scale:g} on the scores)")
     coded = group_blocks(mod, find_binary_codes(mod))
@@ -268,7 +273,7 @@ def cmd_inspect(args) -> int:
         for index, group in enumerate(coded):
             codes = group[0]
             hashed = "projection" if codes.projection is not None else "compare, no projection"
-            print(f"  binary-coded[{index}]  {len(group)} code tensor(s)  {codes.bits} bits  {hashed}  "
+            print(f"  {_label('binary-coded', index, len(coded))}  {len(group)} code tensor(s)  {codes.bits} bits  {hashed}  "
                   f"{sum(len(c.uses) for c in group)} matmul(s) over codes")
     skipped = find_skipped_softmax(mod)
     if skipped:
@@ -463,10 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, rather than at exit
+        return code
     except SaddcError as err:
         print(f"saddc: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("saddc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of the output left (`saddc inspect model.onnx | head`): stop quietly, and
+        # keep Python's flush of stdout at exit from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

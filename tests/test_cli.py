@@ -46,6 +46,25 @@ def test_inspect_counts_blocks(exported, arch, roles, attention):
     assert f"attention blocks: {attention}" in out
 
 
+def test_inspect_aligns_its_columns_past_ten_layers(exported):
+    """deit-own-separate has 14 linear layers: linear[9] and linear[10] start their role at the
+    same column."""
+    lines = {line.split()[0]: line for line in saddc_cli("inspect", exported["deit-own-separate"]).splitlines()
+             if line.strip().startswith("linear[")}
+    column = {label: line.index(line.split()[1]) for label, line in lines.items()}
+    assert len(set(column.values())) == 1 and {"linear[9]", "linear[13]"} <= set(column), lines
+
+
+def test_output_to_a_closed_pipe_stops_quietly(exported):
+    """``saddc inspect model.onnx | head -1``: once the reader has gone, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line
+    with os.fdopen(write_end, "w") as closed_pipe:
+        result = subprocess.run([sys.executable, "-m", "saddc", "inspect", str(exported["deit-own-fused"])],
+                                stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+
+
 def test_inspect_reports_spatial_reduction(exported):
     out = saddc_cli("inspect", exported["pvtv2-own"])
     # Stage 1 at 8x8 tokens, keys reduced 2x2 -> 16 key tokens; stage 2 at 4x4 without reduction.
