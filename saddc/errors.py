@@ -39,6 +39,10 @@ class ArtifactError(SaddcError):
     """A compiled artifact is missing, incomplete, or does not match its manifest."""
 
 
+class DeviceMissingError(ArtifactError):
+    """A module compiled for cuda is loaded where no CUDA GPU is visible."""
+
+
 class InputError(SaddcError):
     """Inputs given to a compiled module do not match what it expects."""
 

@@ -135,7 +135,8 @@ def schedule_rules(config: LowerConfig) -> list:
     # rule goes before DLight's GEMV, which asserts on a reduction over one element (LeViT's
     # K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
-        return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), dl.gpu.GEMV(), dl.gpu.Reduction(),
+        return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), FallThroughOnError(dl.gpu.GEMV()),
+                dl.gpu.Reduction(),
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), CPUColumnReduction(),
             dl.cpu.GEMV(), dl.cpu.Reduction()]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from saddc.artifacts import read_manifest
-from saddc.errors import ArtifactError, InputError
+from saddc.errors import ArtifactError, DeviceMissingError, InputError
 from saddc.specs import TensorSpec
 
 
@@ -35,7 +35,7 @@ class CompiledModule:
         if self.target == "cuda":
             self.device = tvm.cuda(0)
             if not self.device.exist:
-                raise ArtifactError(f"{library} was compiled for cuda, but no CUDA GPU is visible")
+                raise DeviceMissingError(f"{library} was compiled for cuda, but no CUDA GPU is visible")
         else:
             self.device = tvm.cpu(0)
         _check_cpu_features(library, self.manifest)

@@ -9,6 +9,11 @@ from saddc.errors import TargetError
 
 TARGET_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"
+# What CUDA guarantees a kernel on every SM since sm_70, without opting in to more shared memory
+# (TVM's own tags give each GPU these): schedules and tuning are generated within them, and
+# DLight warns at each kernel of a target that lacks the shared-memory figure.
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_num_threads": 1024, "max_shared_memory_per_block": 49152,
+               "thread_warp_size": 32, "registers_per_block": 65536}
 # --target llvm's default --arch: the CPU of the machine that compiles (what `-mcpu=native`
 # means to clang). A module built so runs only on CPUs with the same instruction set.
 HOST_CPU = "host"
@@ -37,7 +42,7 @@ class TargetSpec:
         import tvm  # pylint: disable=import-outside-toplevel
 
         if self.is_cuda:
-            return tvm.target.Target({"kind": "cuda", "arch": self.arch})
+            return tvm.target.Target({"kind": "cuda", "arch": self.arch, **CUDA_LIMITS})
         return tvm_llvm_target(self.arch)
 
     def simd_features(self) -> list[str]:

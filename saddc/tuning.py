@@ -59,19 +59,13 @@ def open_database(path: str | Path):
 
 
 def tuning_target(spec):
-    """The target MetaSchedule needs: llvm with its core count, cuda with the limits of the
-    device its schedules are generated for (those of every SM since sm_70)."""
+    """The target MetaSchedule needs: llvm with its core count, cuda with the device limits
+    (``saddc.target.CUDA_LIMITS``) that compiles use too."""
     # pylint: disable=import-outside-toplevel
-    import tvm
-
     from saddc.runtime import physical_cores
     from saddc.target import tvm_llvm_target
 
-    if spec.is_cuda:
-        return tvm.target.Target({"kind": "cuda", "arch": spec.arch, "max_threads_per_block": 1024,
-                                  "max_num_threads": 1024, "max_shared_memory_per_block": 49152,
-                                  "thread_warp_size": 32, "registers_per_block": 65536})
-    return tvm_llvm_target(spec.arch, physical_cores())
+    return spec.to_tvm() if spec.is_cuda else tvm_llvm_target(spec.arch, physical_cores())
 
 
 @dataclass

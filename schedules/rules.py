@@ -44,20 +44,30 @@ HAND_SCHEDULED = {
 
 
 class SaddcKernels(dl.ScheduleRule):
-    """Apply the hand-written schedule of every saddc kernel."""
+    """Apply the hand-written schedule of every saddc kernel. A kernel its schedule declines
+    (the tensor-core decode-mma shift GEMM of a one-row layer) goes on to DLight's rules, with
+    a warning naming it."""
 
     def apply(self, func, target, tunable):  # pylint: disable=unused-argument
         kernel = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
         if kernel is None:
             return None
         scheduled = SCHEDULES[str(kernel)](func, target)
+        if scheduled is None:
+            variant = func.attrs.get(shift_gemm.VARIANT_ATTR)
+            warnings.warn(f"saddc's {kernel}{f' {variant}' if variant else ''} schedule does not take the kernel "
+                          f"of {_signature(func)}; DLight's rules schedule it", SaddcWarning)
+            return None
         return scheduled if target.kind.name == "cuda" else move_local_buffers_to_stack(scheduled)
 
 
 class FallThroughOnError(dl.ScheduleRule):
-    """``rule``, except that a function it fails to schedule (a ``ScheduleError`` inside it) goes
-    on to the next rule, with a warning naming the function. (DLight 0.27's tensor-core matmul
-    path fails so on the fp16 patch-embedding matmul of a model with a symbolic batch.)"""
+    """``rule``, except that a function it fails to schedule goes on to the next rule, with a
+    warning naming the function. DLight 0.27's rules fail two ways on shapes they do not
+    expect: a schedule primitive's ``ScheduleError`` (the tensor-core matmul path on the fp16
+    patch-embedding matmul of a model with a symbolic batch), or the rule's own assertion about
+    the loops it made (the GEMV rule on Taylor attention's batched matrix-vector product with a
+    head dim of 16: ``extent.value`` of a loop whose extent is an expression)."""
 
     def __init__(self, rule: dl.ScheduleRule):
         self.rule = rule
@@ -65,9 +75,9 @@ class FallThroughOnError(dl.ScheduleRule):
     def apply(self, func, target, tunable):
         try:
             return self.rule.apply(func, target, tunable)
-        except s_tir.ScheduleError as err:
+        except (s_tir.ScheduleError, AssertionError, AttributeError) as err:
             reason = next((line.split(":", 1)[1].strip() for line in str(err).splitlines()
-                           if line.startswith("Error message:")), type(err).__name__)
+                           if line.startswith("Error message:")), f"{type(err).__name__}: {err}")
             warnings.warn(f"DLight's {type(self.rule).__name__} rule failed on the kernel of {_signature(func)} "
                           f"({reason}); the next rule schedules it", SaddcWarning)
             return None

@@ -250,17 +250,16 @@ def schedule_cuda(sch: s_tir.Schedule, threads_n: int = 64, threads_m: int = 2, 
     sch.decompose_reduction(accumulate, word)
 
 
-def schedule(func: tirx.PrimFunc, target) -> s_tir.Schedule:
-    """The schedule of a shift GEMM kernel made by ``shift_gemm_te`` for ``target``."""
+def schedule(func: tirx.PrimFunc, target) -> s_tir.Schedule | None:
+    """The schedule of a shift GEMM kernel made by ``shift_gemm_te`` for ``target``; for
+    decode-mma DLight's tensor-core matmul rule's, or None where that rule does not take the
+    kernel (a layer of one row: a matrix-vector product, which the rules after it schedule)."""
     variant = str(func.attrs[VARIANT_ATTR])
     is_cuda = target.kind.name == "cuda"
     if variant == DECODE_MMA:
         from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
 
-        scheduled = dl.gpu.Matmul().apply(func, target, False)
-        if scheduled is None:
-            raise RuntimeError("DLight's Matmul rule did not apply to the decode-mma shift GEMM")
-        return scheduled
+        return dl.gpu.Matmul().apply(func, target, False)
     sch = s_tir.Schedule(func)
     if variant == DECODE_DENSE:
         schedule_cpu_decode_dense(sch, target_lanes(target))

@@ -33,6 +33,13 @@ def test_library_holds_fatbin_for_the_arch(deit_onnx, tmp_path, arch):
     assert manifest["versions"]["nvcc"]
 
 
+def test_cuda_target_states_the_device_limits(deit_onnx, capsys):
+    """Schedules are generated within the limits the target states (those of every SM since
+    sm_70): DLight warned at each kernel of Taylor attention that the target lacked one."""
+    saddc.compile(deit_onnx, target="cuda", attention=saddc.AttentionOptions(mode="taylor"))
+    assert "missing 'max_shared_memory_per_block'" not in capsys.readouterr().err
+
+
 def test_fatbin_reader_finds_nothing_in_a_cpu_module(deit_onnx, tmp_path):
     result = saddc.compile(deit_onnx, target="llvm", output=tmp_path / "cpu.so")
     assert read_fatbins(result.output) == []

@@ -45,3 +45,21 @@ def test_symbolic_batch(arch, exporter, export_dir, tmp_path):
         (actual,) = module(x)
         assert actual.shape == expected.shape == (batch, 10)
         assert relative_error(actual, expected) <= 1e-4
+
+
+def test_dynamo_export_prints_only_what_concerns_the_model(tmp_path):
+    """A fresh process's first dynamo export: torch's notes about its own internals (torchvision
+    ops it skips, a pytree deprecation) are hidden; the exported model is whole."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from conftest import ROOT  # pylint: disable=import-outside-toplevel
+
+    script = (f"import sys, torch; sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT / 'examples')!r}]\n"
+              "from model_zoo import IMAGE, build\n"
+              "from saddc.frontends.torch_export import export_onnx\n"
+              f"export_onnx(build('deit-own-fused'), torch.zeros(IMAGE), {str(tmp_path / 'm.onnx')!r}, 'dynamo', 18)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "torchvision" not in result.stderr and "LeafSpec" not in result.stderr, result.stderr
+    assert saddc.compile(tmp_path / "m.onnx", target="llvm").kernels > 0
