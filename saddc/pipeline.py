@@ -136,8 +136,7 @@ def schedule_rules(config: LowerConfig) -> list:
     # K=1 matmuls) that normalizes to an injective block.
     if config.target.is_cuda:
         return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), FallThroughOnError(dl.gpu.GEMV()),
-                dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+                dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), CPUColumnReduction(),
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
