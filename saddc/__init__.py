@@ -6,7 +6,10 @@
     saddc.tune(model, db, target, trials)   tune kernels with MetaSchedule into a database
 
 Attributes load on first use: ``saddc.load`` needs only TVM's runtime, so a deployment host
-without TVM's compiler library can import saddc and run modules.
+without TVM's compiler library can import saddc and run modules. The first compiler-side
+attribute (``lower``, ``compile``, ``LowerConfig``, ...) also registers the saddc pipeline with
+Relax, so ``relax.get_pipeline("saddc", config=saddc.LowerConfig(...))`` works after
+``import saddc`` alone.
 """
 
 __version__ = "0.1.0"
@@ -27,6 +30,10 @@ _LAZY = {
     "parse_target": ("saddc.target", "parse_target"),
 }
 
+# The modules of _LAZY that need TVM's compiler; loading one loads saddc.pipeline too, which
+# registers the "saddc" Relax pipeline.
+_COMPILER_SIDE = {"saddc.api", "saddc.config", "saddc.tuning"}
+
 __all__ = ["__version__", *_LAZY]
 
 
@@ -35,5 +42,7 @@ def __getattr__(name):
         import importlib  # pylint: disable=import-outside-toplevel
 
         module, attribute = _LAZY[name]
+        if module in _COMPILER_SIDE:
+            importlib.import_module("saddc.pipeline")
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'saddc' has no attribute {name!r}")

@@ -87,6 +87,18 @@ def test_registered_pipeline_runs_through_tvm_compile():
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), reference(x, *weights), rtol=1e-4, atol=1e-4)
 
 
+def test_pipeline_is_registered_after_import_saddc_alone():
+    """In a fresh process, as a user's script starts: ``import saddc`` and the config are all
+    ``relax.get_pipeline("saddc")`` needs (no earlier saddc.lower or compile)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    script = ("import saddc\nfrom tvm import relax\n"
+              "print(relax.get_pipeline('saddc', config=saddc.LowerConfig(target='llvm')).info.name)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "saddc", result.stderr
+
+
 def test_compile_load_roundtrip_from_an_irmodule(tmp_path):
     mod, weights = small_mlp()
     result = saddc.compile(mod, target="llvm", output=tmp_path / "mlp.so")
