@@ -256,12 +256,13 @@ def _write_database(directory: Path, records) -> None:
 
 def table(rows: list[TunedKernel]) -> list[str]:
     """The tuning result as text: each kernel's default and tuned time, and which was kept."""
-    def us(value):
-        return "failed" if value is None else f"{value:.1f}"
+    def us(value):  # under 1 us, significant figures (a serial schedule of a tiny kernel: 0.03 us)
+        return "failed" if value is None else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
 
-    lines = [f"{'kernel':<56} {'calls':>5} {'default us':>11} {'tuned us':>10} {'trials':>6}  kept"]
+    width = max([56] + [len(row.name) for row in rows])
+    lines = [f"{'kernel':<{width}} {'calls':>5} {'default us':>11} {'tuned us':>10} {'trials':>6}  kept"]
     for row in rows:
         kept = "tuned" if row.kept else "default"
-        lines.append(f"{row.name:<56} {row.weight:>5} {us(row.default_us):>11} {us(row.tuned_us):>10} "
+        lines.append(f"{row.name:<{width}} {row.weight:>5} {us(row.default_us):>11} {us(row.tuned_us):>10} "
                      f"{row.trials:>6}  {kept}")
     return lines

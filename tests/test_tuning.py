@@ -129,3 +129,15 @@ def test_shipped_database_schedules_the_example_model_at_batch_one(tmp_path):
     (expected,) = ort_outputs(model, {"x": x})
     (actual,) = saddc.load(output)(x)
     assert relative_error(actual, expected) <= 1e-4
+
+
+def test_table_shows_sub_microsecond_times_and_aligns_long_names():
+    """A serial schedule of a tiny kernel runs in hundredths of a microsecond (it printed as
+    0.0); a fused kernel's name can pass the name column's width (it pushed its row out)."""
+    from saddc.tuning import TunedKernel, table  # pylint: disable=import-outside-toplevel
+
+    long_name = "fused_matmul5_add4_divide_fast_erf_add5_multiply1_multiply2"
+    header, *rows = table([TunedKernel(long_name, 2, 3.71, 0.0312, 8, False),
+                           TunedKernel("take3", 1, 1.8, 0.031, 1, True)])
+    assert rows[0].split()[3] == "0.031" and rows[1].split()[2:4] == ["1.8", "0.031"]
+    assert {len(line) - len(line.split()[-1]) for line in rows} == {header.index("kept")}
