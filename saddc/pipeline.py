@@ -133,12 +133,14 @@ def schedule_rules(config: LowerConfig) -> list:
     # on the CPU with saddc's matmul, depthwise-conv, injective, row-reduction (softmax, layer
     # norm) and column-reduction (means over tokens) rules ahead of DLight's. The injective
     # rule goes before DLight's GEMV, which asserts on a reduction over one element (LeViT's
-    # K=1 matmuls) that normalizes to an injective block.
+    # K=1 matmuls) that normalizes to an injective block. Every DLight rule but the last falls
+    # through to the next one where it fails inside its schedule (``FallThroughOnError``); the
+    # last has none to fall to, and its failure stays the compile's.
     if config.target.is_cuda:
-        return [SaddcKernels(), FallThroughOnError(dl.gpu.Matmul()), FallThroughOnError(dl.gpu.GEMV()),
-                dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+        dlight = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+        return [SaddcKernels(), *map(FallThroughOnError, dlight[:-1]), dlight[-1]]
     return [SaddcKernels(), CPUMatmul(), CPUDepthwiseConv(), CPUInjective(), CPURowReduction(), CPUColumnReduction(),
-            dl.cpu.GEMV(), dl.cpu.Reduction()]
+            FallThroughOnError(dl.cpu.GEMV()), dl.cpu.Reduction()]
 
 
 def schedule_passes(config: LowerConfig) -> list:

@@ -3,8 +3,9 @@
 It comes first in the schedule phase; kernels it does not own fall through to DLight's rules.
 The kernels of ``HAND_SCHEDULED`` are written with their schedules in place instead, one form
 per target; ``passes/dispatch_hand_scheduled_kernels.py`` picks the target's.
-``FallThroughOnError`` wraps a DLight rule that can fail inside its schedule on functions it
-claims, so that they go on to the next rule instead of failing the compile.
+``FallThroughOnError`` wraps each DLight rule that has a next one, since any can fail inside
+its schedule on functions it claims, so that they go on to that rule instead of failing the
+compile.
 """
 
 from __future__ import annotations
