@@ -15,16 +15,29 @@ Patterns (TVM's ``relax.dpl``):
               Consecutive blocks with the same heads, token counts and head dim form a stage.
 
 Each linear layer gets a role from the dataflow around it, so users can select layers by what
-they do whatever the exporter named them:
-- ``qkv``          its output reaches an attention matmul through reshapes/transposes/splits
-- ``attn-proj``    its input comes from an attention output through such ops
-- ``mlp-fc1``      its output reaches a GELU (``erf``/``gelu``) through elementwise ops or a
-                   depthwise conv, without crossing a matmul, softmax or normalization
-- ``mlp-fc2``      its input comes from a GELU the same way
-- ``patch-embed``  its input is the model input, rearranged (a patch embedding as a matmul)
-- ``head``         its output is the model output, rearranged
+they do whatever the exporter named them. Roles around attention count every softmax attention,
+``matmul(softmax(s), V)`` with ``s`` reached from a ``Q K^T`` matmul of activations through
+scales, added biases or masks and reshapes: also attention the rewrite leaves alone (Swin's
+and LeViT's, with a relative-position bias), whose layers are still shift and MoE candidates.
 - ``router``       its output is an ``argmax`` (an MoE router: never rewritten itself)
+- ``qkv``          its output reaches an attention matmul through reshapes/transposes/splits,
+                   scaling (also Swin V2's normalization of Q and K) or constant shifts (the
+                   batch norm that ends LeViT's projections)
+- ``attn-proj``    its input comes from an attention output through such ops or an
+                   elementwise activation (LeViT applies HardSwish before the projection)
+- ``head``         its output is the model output, rearranged or through arithmetic (a
+                   distilled DeiT averages its two heads)
+- ``mlp-fc1``      its output reaches an activation function (GELU in its erf or tanh form,
+                   ReLU, leaky ReLU, SiLU and QuickGELU through ``sigmoid``, HardSwish through
+                   ``clip``, Mish through ``tanh``) through elementwise ops or a depthwise conv,
+                   without crossing a matmul, softmax or normalization
+- ``mlp-fc2``      its input comes from such an activation the same way
+- ``patch-embed``  its input is the model input, rearranged (a patch embedding as a matmul)
 - ``other``        none of these
+
+The first role that applies is the layer's, in that order: a classifier after a ReLU MLP (as
+YOLOS's) is its model's head, and a layer on the model input that feeds an activation is an
+MLP's.
 """
 
 from __future__ import annotations
@@ -45,15 +58,27 @@ _REARRANGING_OPS = frozenset({
     "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.astype", "relax.concat",
 })
 _SCALING_OPS = frozenset({"relax.multiply", "relax.divide"})
+_SHIFTING_OPS = frozenset({"relax.add", "relax.subtract"})
 # Elementwise arithmetic between a linear layer and its activation function.
 _ELEMENTWISE_OPS = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.conv2d",
-    "relax.nn.conv1d", "relax.tanh", "relax.power", "relax.sigmoid",
+    "relax.nn.conv1d", "relax.power", "relax.maximum", "relax.minimum", "relax.abs", "relax.negative",
+    "relax.exp", "relax.log",
 })
-_ACTIVATION_OPS = frozenset({"relax.erf", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"})
-# How many ops may separate a linear layer from its GELU: erf-form GELU takes 3, and PVT's
-# MixFFN puts reshape, transpose, depthwise conv and bias add between fc1 and the GELU.
+# The nonlinearity of an MLP, as the ONNX importer emits each activation function: GELU as
+# ``erf`` (or ``tanh`` in its tanh form, ``gelu`` from opset 20), SiLU and QuickGELU as
+# ``x * sigmoid(a x)``, HardSwish as ``x * clip(x + 3, 0, 6) / 6``, Mish as ``x * tanh(softplus)``.
+# None of these occurs in a normalization, which the walks do not cross anyway.
+_ACTIVATION_OPS = frozenset({
+    "relax.erf", "relax.tanh", "relax.sigmoid", "relax.clip", "relax.nn.gelu", "relax.nn.gelu_tanh",
+    "relax.nn.silu", "relax.nn.relu", "relax.nn.leakyrelu",
+})
+# How many ops may separate a linear layer from its activation: erf-form GELU takes 3, tanh-form
+# GELU 8, and PVT's MixFFN puts reshape, transpose, depthwise conv and bias add between fc1 and
+# the GELU.
 _ACTIVATION_DISTANCE = 12
+# Between a softmax and the Q K^T matmul of its scores: scaling, an added bias or mask, reshapes.
+_SCORE_OPS = _REARRANGING_OPS | _SCALING_OPS | _SHIFTING_OPS
 
 
 @dataclass(frozen=True)
@@ -199,10 +224,15 @@ class Dataflow:
             return self._vars_in(value)
         return []
 
-    def reach(self, start, forward: bool, through: frozenset | None, limit: int = 32):
-        """Variables reachable from ``start`` whose path passes only ``through`` ops (any op
-        when None) or tuple plumbing, with their distance; the variables at the ends are
-        included."""
+    def with_constant(self, var) -> bool:
+        """Whether ``var`` is bound to a call with a constant operand (a bias add, a scale)."""
+        value = self.value.get(var)
+        return isinstance(value, relax.Call) and any(isinstance(a, tvm.ir.GenericConst) for a in value.args)
+
+    def reach(self, start, forward: bool, through, limit: int = 32):
+        """Variables reachable from ``start`` whose path passes only ``through`` ops (a set of
+        op names, a predicate on the variable, or any op when None) or tuple plumbing, with
+        their distance; the variables at the ends are included."""
         seen, frontier, found = {start}, [(start, 0)], []
         while frontier:
             var, distance = frontier.pop()
@@ -212,9 +242,8 @@ class Dataflow:
                     continue
                 seen.add(nxt)
                 found.append((nxt, distance + 1))
-                if through is None or self.op(nxt) in through or self.op(nxt) == "TupleGetItem" or (
-                    isinstance(self.value.get(nxt), relax.Tuple)
-                ):
+                passes = through is None or (through(nxt) if callable(through) else self.op(nxt) in through)
+                if passes or self.op(nxt) == "TupleGetItem" or isinstance(self.value.get(nxt), relax.Tuple):
                     frontier.append((nxt, distance + 1))
         return found
 
@@ -223,26 +252,52 @@ def _role(flow: Dataflow, activation, output, scores: set, attention_outputs: se
     rearranged = _REARRANGING_OPS
     if any(flow.op(user) == "relax.argmax" for user in flow.users.get(output, [])):
         return "router"
-    # Exported scaled-dot-product attention scales Q and K by sqrt(scale) each.
-    to_attention = [v for v, _ in flow.reach(output, True, rearranged | _SCALING_OPS)]
-    if any(v in scores or v in attention_outputs for v in to_attention):
+    # Exported scaled-dot-product attention scales Q and K by sqrt(scale) each; LeViT's
+    # projections end in a batch norm (constant subtract, divide, multiply, add). A shift by an
+    # activation (a residual add) ends the walk.
+    def to_attention(var):
+        op = flow.op(var)
+        return op in rearranged | _SCALING_OPS or (op in _SHIFTING_OPS and flow.with_constant(var))
+
+    if any(v in scores or v in attention_outputs for v, _ in flow.reach(output, True, to_attention)):
         return "qkv"
-    downstream = [v for v, _ in flow.reach(output, True, rearranged)]
-    upstream = [activation] + [v for v, _ in flow.reach(activation, False, rearranged)]
-    if any(v in attention_outputs for v in upstream):
+    near = rearranged | _ELEMENTWISE_OPS | _ACTIVATION_OPS
+    near_upstream = [activation] + [v for v, _ in flow.reach(activation, False, near, _ACTIVATION_DISTANCE)]
+    if any(v in attention_outputs for v in near_upstream):
         return "attn-proj"
-    near = rearranged | _ELEMENTWISE_OPS
+    # A distilled DeiT averages its two heads.
+    downstream = [v for v, _ in flow.reach(output, True, rearranged | _SCALING_OPS | _SHIFTING_OPS)]
+    if output in flow.returned or any(v in flow.returned for v in downstream):
+        return "head"
     if any(flow.op(v) in _ACTIVATION_OPS
            for v, _ in flow.reach(output, True, near, _ACTIVATION_DISTANCE)):
         return "mlp-fc1"
-    if any(flow.op(v) in _ACTIVATION_OPS
-           for v, _ in flow.reach(activation, False, near, _ACTIVATION_DISTANCE)):
+    if any(flow.op(v) in _ACTIVATION_OPS for v in near_upstream):
         return "mlp-fc2"
-    if any(v in flow.params for v in upstream):
+    if any(v in flow.params for v in [activation] + [v for v, _ in flow.reach(activation, False, rearranged)]):
         return "patch-embed"
-    if output in flow.returned or any(v in flow.returned for v in downstream):
-        return "head"
     return "other"
+
+
+def _attention_products(flow: Dataflow, softmax: relax.Var) -> list:
+    """The matmuls that multiply ``softmax``'s probabilities with values (``matmul(p, V)``),
+    also through the dynamo exporter's NaN guard ``where(isnan(p), 0, p)``."""
+    probabilities = [softmax] + [u for u in flow.users.get(softmax, []) if flow.op(u) == "relax.where"]
+    return [u for p in probabilities for u in flow.users.get(p, [])
+            if flow.op(u) == "relax.matmul" and flow.value[u].args[0].same_as(p)]
+
+
+def _softmax_attention(flow: Dataflow) -> tuple[set, set]:
+    """The ``Q K^T`` and ``P V`` matmuls of every softmax attention in the function, whether or
+    not ``find_attention_blocks`` recognizes it for a rewrite (see the module doc)."""
+    scores, outputs = set(), set()
+    for var in flow.value:
+        if flow.op(var) != "relax.nn.softmax" or not (products := _attention_products(flow, var)):
+            continue
+        outputs.update(products)
+        scores.update(v for v, _ in flow.reach(var, False, _SCORE_OPS)
+                      if flow.op(v) == "relax.matmul" and not flow.with_constant(v))
+    return scores, outputs
 
 
 def find_linear_layers(
@@ -255,9 +310,7 @@ def find_linear_layers(
     func = mod[func_name]
     var2val = relax.analysis.get_var2val(func)
     flow = Dataflow(func)
-    attention = find_attention_blocks(mod, func_name)
-    scores = {block.scores for block in attention}
-    attention_outputs = {block.output for block in attention}
+    scores, attention_outputs = _softmax_attention(flow)
     matmul, with_bias = _linear_pattern()
     bias_of = {}
     for binding in bindings(func):
@@ -368,10 +421,7 @@ def find_skipped_softmax(mod: tvm.IRModule, func_name: str = "main") -> list[Ski
 
 
 def _why_not_attention(flow: Dataflow, softmax: relax.Var) -> str:
-    # Through the dynamo exporter's NaN guard, where(isnan(p), 0, p).
-    probabilities = [softmax] + [u for u in flow.users.get(softmax, []) if flow.op(u) == "relax.where"]
-    if not any(flow.op(u) == "relax.matmul" and flow.value[u].args[0].same_as(p)
-               for p in probabilities for u in flow.users.get(p, [])):
+    if not _attention_products(flow, softmax):
         return "its output is not multiplied with values (no matmul(softmax, V))"
     scores = flow.value[softmax].args[0]
     while flow.op(scores) in _SCALING_OPS and any(isinstance(a, tvm.ir.GenericConst) for a in flow.value[scores].args):

@@ -234,20 +234,14 @@ def _label(kind: str, index: int, count: int) -> str:
 
 def cmd_inspect(args) -> int:
     # pylint: disable=import-outside-toplevel
-    from saddc.config import LowerConfig
     from saddc.frontends import import_onnx
-    from saddc.passes import (
-        RewriteConv2dToMatmul, find_attention_blocks, find_binary_codes, find_linear_layers,
-        find_skipped_softmax,
-    )
+    from saddc.passes import find_attention_blocks, find_binary_codes, find_linear_layers, find_skipped_softmax
     from saddc.passes.find_binary_codes import group_blocks
-    from saddc.pipeline import cleanup_passes
+    from saddc.pipeline import recognition_passes
     import tvm
 
     imported = import_onnx(args.model)
-    # Show a patch embedding conv as the linear layer --shift patch-embed turns it into.
-    passes = cleanup_passes(LowerConfig()) + [RewriteConv2dToMatmul(patch_embeddings_only=True)]
-    mod = tvm.transform.Sequential(passes)(imported.mod)
+    mod = tvm.transform.Sequential(recognition_passes())(imported.mod)
     print(f"model: {args.model} (opset {imported.opset}, {imported.producer or 'unknown producer'})")
     for spec in imported.inputs:
         print(f"input   {spec.describe()}")
@@ -257,10 +251,12 @@ def cmd_inspect(args) -> int:
     print(f"ops: {sum(imported.op_counts.values())} ({ops})")
     linears = find_linear_layers(mod, names=imported.layer_names)
     print(f"\nlinear layers: {len(linears)}")
-    for layer in linears:
+    features = [f"{layer.in_features} -> {layer.out_features}" for layer in linears]
+    inputs = [str(list(layer.input_shape)) for layer in linears]
+    for layer, feature, shape in zip(linears, features, inputs):
         bias = "+bias" if layer.has_bias else ""
-        print(f"  {_label('linear', layer.index, len(linears))}  {layer.role:<11} {layer.in_features} -> {layer.out_features} "
-              f"{bias:<6} input {list(layer.input_shape)}  {layer.name}")
+        print(f"  {_label('linear', layer.index, len(linears))}  {layer.role:<11} {feature:<{max(map(len, features))}} "
+              f"{bias:<6} input {shape:<{max(map(len, inputs))}}  {layer.name}")
     blocks = find_attention_blocks(mod)
     print(f"\nsoftmax attention blocks: {len(blocks)}")
     for block in blocks:
@@ -279,7 +275,7 @@ def cmd_inspect(args) -> int:
     if skipped:
         print(f"\nsoftmax not recognized as attention: {len(skipped)}")
         for site in skipped:
-            print(f"  softmax[{site.index}]  {list(site.shape)}: {site.reason}")
+            print(f"  {_label('softmax', site.index, len(skipped))}  {list(site.shape)}: {site.reason}")
     return 0
 
 

@@ -62,6 +62,14 @@ def cleanup_passes(config: LowerConfig) -> list:
     ]
 
 
+def recognition_passes() -> list:
+    """The module as ``saddc inspect`` lists its layers: cleaned up, and a patch embedding conv
+    as the matmul ``--shift patch-embed`` turns it into."""
+    from saddc.passes import RewriteConv2dToMatmul  # pylint: disable=import-outside-toplevel
+
+    return cleanup_passes(LowerConfig()) + [RewriteConv2dToMatmul(patch_embeddings_only=True)]
+
+
 def reparameterize_passes(config: LowerConfig) -> list:
     """saddc's rewrites, each gated by ``config``; each records its report in ``config.reports``.
 

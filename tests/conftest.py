@@ -51,6 +51,13 @@ def ort_outputs(path, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def run_module(path, x: np.ndarray) -> np.ndarray:
+    """The first output of the compiled module at ``path`` on the input ``x``."""
+    import saddc  # pylint: disable=import-outside-toplevel
+
+    return next(iter(saddc.load(path).run({"x": x}).values()))
+
+
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |a - e| / max |e|: the issue's 'relative error' for whole output tensors."""
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))

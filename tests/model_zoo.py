@@ -97,9 +97,32 @@ ARCHITECTURES = {
 }
 
 
+class QuickGELU(torch.nn.Module):
+    """CLIP's GELU approximation, ``x * sigmoid(1.702 x)``."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP activation functions of ViT variants (exported as the ONNX ops they decompose into).
+ACTIVATIONS = {
+    "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "silu": torch.nn.SiLU, "quickgelu": QuickGELU,
+    "gelu-tanh": lambda: torch.nn.GELU(approximate="tanh"), "hardswish": torch.nn.Hardswish, "mish": torch.nn.Mish,
+}
+
+
+def own_deit_with(activation: str):
+    """The own DeiT with ``activation`` in its MLPs instead of GELU."""
+    model = own_deit()
+    for block in model.blocks:
+        block.mlp[1] = ACTIVATIONS[activation]()
+    return model
+
+
 # Variants of the architectures above that particular tests need.
 VARIANTS = {
     "deit-own-shared-qk": lambda: own_deit(shared_qk=True),  # ShiftAddViT's one projection for Q and K
+    **{f"deit-own-{name}": (lambda name=name: own_deit_with(name)) for name in ACTIVATIONS},
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import saddc
-from conftest import ort_outputs, random_input, relative_error, run_saddc
+from conftest import ort_outputs, random_input, relative_error, run_module, run_saddc
 from model_zoo import IMAGE, build
 from saddc.census import ptx_census
 from saddc.config import AttentionOptions, ShiftOptions
@@ -49,10 +49,6 @@ def models(tmp_path_factory):
 def torch_reference(model, x, skip=(), **options):
     with torch.no_grad():
         return replace_attention(model, skip=skip, **options)(torch.from_numpy(x)).numpy()
-
-
-def run_module(path, x):
-    return next(iter(saddc.load(path).run({"x": x}).values()))
 
 
 @pytest.mark.parametrize("model,mode,form", CASES)

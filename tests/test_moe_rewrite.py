@@ -13,7 +13,7 @@ import tvm
 import tvm_ffi
 
 import saddc
-from conftest import ort_outputs, random_input, relative_error, run_saddc
+from conftest import ort_outputs, random_input, relative_error, run_module, run_saddc
 from model_zoo import IMAGE, build
 from saddc.config import AttentionOptions, MoEOptions, ShiftOptions
 from saddc.errors import ConfigError
@@ -56,10 +56,6 @@ def models(tmp_path_factory):
         "pvt": export_onnx(build("pvtv2-own"), torch.from_numpy(random_input(IMAGE)), root / "pvt.onnx", "legacy", 17),
         "x": example.numpy(),
     }
-
-
-def run_module(path, x):
-    return next(iter(saddc.load(path).run({"x": x}).values()))
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])

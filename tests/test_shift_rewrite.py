@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 import saddc
-from conftest import ort_outputs, random_input, relative_error, run_saddc
+from conftest import ort_outputs, random_input, relative_error, run_module, run_saddc
 from model_zoo import IMAGE, build
 from saddc.census import ptx_census
 from saddc.config import ShiftOptions
@@ -44,10 +44,6 @@ def models(tmp_path_factory):
         "pvt-mlp-rounded": export(round_weights_to_shift(pvt, include="*mlp.fc*"), root / "pvt-mlp.onnx"),
         "root": root,
     }
-
-
-def run_module(path, x):
-    return next(iter(saddc.load(path).run({"x": x}).values()))
 
 
 @pytest.mark.parametrize("model", ["deit-pow2", "deit-pow2-dynamo"])
@@ -233,8 +229,8 @@ def test_cuda_build_shift_kernels_have_no_float_multiply(models, tmp_path):
 def test_inspect_shows_roles_and_onnx_names(models):
     result = run_saddc("inspect", models["deit"])
     assert result.returncode == 0, result.stderr
-    assert "linear[0]  patch-embed 192 -> 32" in result.stdout
-    assert "qkv         32 -> 96 +bias  input [1, 17, 32]  /blocks/blocks.0/attn/qkv/MatMul" in result.stdout
+    assert "linear[0]  patch-embed 192 -> 32        input [1, 4, 4, 192]  /patch_embed/Conv" in result.stdout
+    assert "qkv         32 -> 96  +bias  input [1, 17, 32]     /blocks/blocks.0/attn/qkv/MatMul" in result.stdout
 
 
 @pytest.mark.gpu
