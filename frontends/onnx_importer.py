@@ -4,13 +4,20 @@ import it into a Relax IRModule.
 Steps, in order:
 1. ``load_onnx``: read the file (external-data side files too) and reject what is not a
    usable ONNX model with a one-line ``ModelLoadError``.
-2. ``fold_onnx``: ONNX Runtime's basic-level graph optimizer (constant folding of shape
+2. ``expand_function_ops``: a standard op TVM's importer cannot convert but ONNX defines as a
+   function of other ops (opset 23's ``Attention``, which torch's exporter emits for
+   scaled-dot-product attention from opset 23 on) is replaced by ONNX's own expansion of it,
+   so that its attention is the matmul-softmax-matmul graph saddc's passes recognize; the
+   expansion's shape arithmetic is folded with onnxscript's constant folder, which, unlike
+   ONNX Runtime's, evaluates the static dims of a symbolic-batch shape (what is left, shape
+   ops on the batch, TVM's importer takes).
+3. ``fold_onnx``: ONNX Runtime's basic-level graph optimizer (constant folding of shape
    subgraphs, identity/dropout removal) with its fusion rewrites disabled, so MatMuls stay
    MatMuls for saddc's passes. TVM's importer cannot import Swin-style graphs without this:
    a ``Pad`` whose pads come from ``Shape`` ops leaves every later tensor shapeless and the
    importer's ``Reshape`` rejects it.
-3. ``check_supported_ops``: name every op (and a node using it) that TVM's importer lacks.
-4. ``import_onnx``: ``tvm.relax.frontend.onnx.from_onnx`` with the weights as constants.
+4. ``check_supported_ops``: name every op (and a node using it) that TVM's importer lacks.
+5. ``import_onnx``: ``tvm.relax.frontend.onnx.from_onnx`` with the weights as constants.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import onnx.inliner
 
 from saddc.errors import ModelLoadError, UnsupportedModelError
 from saddc.specs import TensorSpec
@@ -41,6 +49,11 @@ _ORT_REWRITES_KEPT_OFF = (
     "ConvActivationFusion",
 )
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# Standard ops whose name TVM's importer gives to another op: its "Attention" converts
+# com.microsoft's (packed q/k/v weights, a num_heads attribute), not ONNX's (opset 23).
+_SHADOWED_OPS = frozenset({"Attention"})
+# The domain the expanded ops' function bodies are inlined from.
+_EXPANSION_DOMAIN = "saddc.expanded"
 
 
 @dataclass
@@ -85,6 +98,64 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as err:
         raise ModelLoadError(f"invalid ONNX model {path}: {_first_line(err)}") from None
     return model
+
+
+def expand_function_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each standard-domain node that TVM's importer cannot convert, where ONNX defines its op
+    as a function (``OpSchema`` function bodies, context-dependent ones built for the node's
+    input types), inlined as that function's nodes. Other nodes are left for
+    ``check_supported_ops`` to report."""
+    import onnxscript.optimizer  # pylint: disable=import-outside-toplevel
+    from tvm.relax.frontend.onnx.onnx_frontend import (  # pylint: disable=import-outside-toplevel
+        _get_convert_map,
+    )
+
+    convert_map = _get_convert_map()
+    opset = _default_opset(model)
+    targets = [(position, schema) for position, node in enumerate(model.graph.node)
+               if node.domain in _DEFAULT_DOMAINS and (node.op_type not in convert_map or node.op_type in _SHADOWED_OPS)
+               and (schema := _function_schema(node.op_type, opset))]
+    if not targets:
+        return model
+    types = _value_types(model)
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(model)
+    for index, (position, schema) in enumerate(targets):
+        node = expanded.graph.node[position]
+        function = onnx.FunctionProto()
+        if schema.has_context_dependent_function:
+            input_types = [(types[name] if name else onnx.TypeProto()).SerializeToString() for name in node.input]
+            function.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                opset, node.SerializeToString(), input_types))
+        else:
+            function.CopyFrom(schema.get_function_with_opset_version(opset))
+        function.domain, function.name = _EXPANSION_DOMAIN, f"{node.op_type}_{index}"
+        node.domain, node.op_type = function.domain, function.name
+        expanded.functions.append(function)
+    expanded.opset_import.append(onnx.helper.make_opsetid(_EXPANSION_DOMAIN, 1))
+    inlined = onnx.inliner.inline_local_functions(expanded)
+    inlined.opset_import.remove(onnx.helper.make_opsetid(_EXPANSION_DOMAIN, 1))
+    onnxscript.optimizer.fold_constants(inlined)
+    return inlined
+
+
+def _function_schema(op_type: str, opset: int):
+    """The standard op's schema at ``opset`` when ONNX defines it as a function, else None."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    return schema if schema.has_function or schema.has_context_dependent_function else None
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The inferred type of every value in ``model``'s graph."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    return {value.name: value.type for value in [*graph.input, *graph.value_info, *graph.output]}
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
 
 
 def fold_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -189,12 +260,11 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model)
     op_counts = collections.Counter(node.op_type for node in model.graph.node)
-    check_supported_ops(model)
-    folded = fold_onnx(model)
+    expanded = expand_function_ops(model)
+    check_supported_ops(expanded)
+    folded = fold_onnx(expanded)
     check_supported_ops(folded)
-    opset = next(
-        (o.version for o in folded.opset_import if o.domain in _DEFAULT_DOMAINS), 0
-    )
+    opset = _default_opset(folded)
     # The importer prints the failing op's inputs to stdout before it re-raises; keep that
     # out of the user's terminal and report one line instead.
     captured = io.StringIO()

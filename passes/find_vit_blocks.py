@@ -56,6 +56,7 @@ ROLES = ("patch-embed", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2", "head", "route
 _REARRANGING_OPS = frozenset({
     "relax.reshape", "relax.permute_dims", "relax.split", "relax.strided_slice", "relax.take",
     "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.astype", "relax.concat",
+    "relax.broadcast_to",
 })
 _SCALING_OPS = frozenset({"relax.multiply", "relax.divide"})
 _SHIFTING_OPS = frozenset({"relax.add", "relax.subtract"})

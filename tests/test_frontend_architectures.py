@@ -1,13 +1,19 @@
 """Every architecture, from both torch exporters at opsets 17 and 18, compiles for llvm and
-matches ONNX Runtime (relative error <= 1e-4)."""
+matches ONNX Runtime (relative error <= 1e-4); and opset 23's Attention op, expanded."""
 
+import onnx
 import pytest
 import torch
+import tvm
 
 import saddc
 from conftest import ort_outputs, random_input, relative_error
 from model_zoo import ARCHITECTURES, IMAGE, build
+from saddc.frontends import import_onnx
+from saddc.frontends.onnx_importer import expand_function_ops
 from saddc.frontends.torch_export import export_onnx
+from saddc.passes import find_attention_blocks, find_skipped_softmax
+from saddc.pipeline import recognition_passes
 
 CASES = [
     pytest.param(arch, exporter, opset, id=f"{arch}-{exporter}-opset{opset}")
@@ -63,3 +69,39 @@ def test_dynamo_export_prints_only_what_concerns_the_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "torchvision" not in result.stderr and "LeafSpec" not in result.stderr, result.stderr
     assert saddc.compile(tmp_path / "m.onnx", target="llvm").kernels > 0
+
+
+# From opset 23 torch's dynamo exporter writes scaled-dot-product attention as ONNX's Attention
+# op (HF models use it; the own models compute attention themselves). Recognized attention
+# blocks and softmaxes left alone (Swin's, for its bias) as at opset 18.
+OPSET23 = {"vit-hf": (2, 0), "segformer-hf": (2, 0), "swin-hf": (0, 2)}
+
+
+@pytest.mark.parametrize("arch", sorted(OPSET23))
+def test_opset23_attention_op(arch, export_dir, tmp_path):
+    path = export_onnx(build(arch), torch.from_numpy(random_input(IMAGE)), export_dir / f"{arch}-23.onnx", "dynamo", 23)
+    assert "Attention" in {node.op_type for node in onnx.load(path).graph.node}
+    mod = tvm.transform.Sequential(recognition_passes())(import_onnx(path).mod)
+    assert (len(find_attention_blocks(mod)), len(find_skipped_softmax(mod))) == OPSET23[arch]
+    x = random_input(IMAGE, seed=1)
+    (expected,) = ort_outputs(path, {"x": x})
+    (actual,) = saddc.load(saddc.compile(path, target="llvm", output=tmp_path / "model.so").output)(x)
+    assert relative_error(actual, expected) <= 1e-4
+
+
+def test_opset23_attention_op_with_a_symbolic_batch(export_dir, tmp_path):
+    path = export_onnx(build("vit-hf"), torch.from_numpy(random_input((2,) + IMAGE[1:])),
+                       export_dir / "vit-hf-23-batch.onnx", "dynamo", 23, dynamic_batch=True)
+    module = saddc.load(saddc.compile(path, target="llvm", output=tmp_path / "m.so").output)
+    assert isinstance(module.inputs[0].shape[0], str), "batch should stay symbolic"
+    for batch in (1, 3):
+        x = random_input((batch,) + IMAGE[1:], seed=batch)
+        (expected,) = ort_outputs(path, {"x": x})
+        (actual,) = module(x)
+        assert relative_error(actual, expected) <= 1e-4
+
+
+def test_models_without_function_ops_are_imported_as_they_are(export_dir):
+    model = onnx.load(export_onnx(build("deit-own-fused"), torch.from_numpy(random_input(IMAGE)),
+                                  export_dir / "deit-23.onnx", "dynamo", 23))
+    assert expand_function_ops(model) is model
