@@ -13,6 +13,7 @@ from .find_vit_blocks import (
     AttentionBlock, LinearLayer, SkippedSoftmax, find_attention_blocks, find_linear_layers,
     find_skipped_softmax,
 )
+from .fold_constant_broadcasts import FoldConstantBroadcasts
 from .fold_constant_where import FoldConstantWhere
 from .lower_binary_coded_attention import LowerBinaryCodedAttention
 from .lower_moe_dispatch import LowerMoEDispatch
@@ -25,7 +26,7 @@ from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
-    "FoldConstantWhere", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
+    "FoldConstantBroadcasts", "FoldConstantWhere", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
     "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport",
     "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",

@@ -49,7 +49,9 @@ class Phase:
 
 
 def cleanup_passes(config: LowerConfig) -> list:
-    from saddc.passes import ClipFastModeTakes, FoldConstantWhere  # pylint: disable=import-outside-toplevel
+    from saddc.passes import (  # pylint: disable=import-outside-toplevel
+        ClipFastModeTakes, FoldConstantBroadcasts, FoldConstantWhere,
+    )
 
     del config
     return [
@@ -57,6 +59,7 @@ def cleanup_passes(config: LowerConfig) -> list:
         ClipFastModeTakes(),
         relax.transform.FoldConstant(),
         FoldConstantWhere(),
+        FoldConstantBroadcasts(),
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
     ]

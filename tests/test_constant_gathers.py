@@ -1,6 +1,7 @@
 """Gathers: fast-mode takes given the clip mode (ClipFastModeTakes), the importer's run-time
 index arithmetic for constant indices folded away (FoldConstantWhere), and ``take`` at a
-constant index legalized as a static slice."""
+constant index legalized as a static slice. Constants broadcast to a run-time shape folded
+into the ops that use them (FoldConstantWhere, FoldConstantBroadcasts)."""
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
 from saddc.frontends.torch_export import export_onnx
 from saddc.legalizations import legalizations
-from saddc.passes import ClipFastModeTakes, FoldConstantWhere
+from saddc.passes import ClipFastModeTakes, FoldConstantBroadcasts, FoldConstantWhere
 
 
 def bindings(func: relax.Function) -> dict:
@@ -28,14 +29,55 @@ def test_where_on_a_constant_condition_selects_its_branch():
             taken = builder.emit(relax.op.where(relax.const(True), x, y), "taken")
             other = builder.emit(relax.op.where(relax.const(np.zeros(4, bool)), x, y), "other")
             mixed = builder.emit(relax.op.where(relax.const(np.array([True, False] * 2)), x, y), "mixed")
-            # The true branch is broadcast to (4,): folding it would change the shape.
+            # The where broadcasts its true branch to (4,): the folded one does too.
             broadcast = builder.emit(relax.op.where(relax.const(True), row, y), "broadcast")
             out = builder.emit_output(relax.Tuple([taken, other, mixed, broadcast]))
         builder.emit_func_output(out)
     folded = bindings(FoldConstantWhere()(builder.get())["main"])
     taken, other, mixed, broadcast = folded[out.name].fields
     assert taken.same_as(x) and other.same_as(y)
-    assert all(folded[var.name].op.name == "relax.where" for var in (mixed, broadcast))
+    assert folded[mixed.name].op.name == "relax.where"
+    assert folded[broadcast.name].op.name == "relax.broadcast_to" and folded[broadcast.name].args[0].same_as(row)
+
+
+def symbolic_batch_mask_module() -> tvm.IRModule:
+    """Scaled-dot-product attention's all-true mask in a symbolic-batch export: broadcast to
+    the batch, selected into 0 / -inf, added to the scores; and a broadcast that adds the batch
+    dimension to what it is added to (not foldable)."""
+    batch = tvm.tirx.Var("batch", "int64")
+    builder = relax.BlockBuilder()
+    scores = relax.Var("scores", relax.TensorType((batch, 2, 3, 3), "float32"))
+    row = relax.Var("row", relax.TensorType((1, 2, 3, 3), "float32"))
+    with builder.function("main", [scores, row]):
+        with builder.dataflow():
+            mask = builder.emit(relax.op.broadcast_to(relax.const(np.ones((1, 1, 3, 3), bool)), (batch, 1, 3, 3)), "mask")
+            bias = builder.emit(relax.op.where(mask, relax.const(0.0), relax.const(-np.inf, "float32")), "bias")
+            masked = builder.emit(relax.op.add(scores, bias), "masked")
+            scaled = builder.emit(relax.op.multiply(
+                relax.op.broadcast_to(relax.const(2.0), (batch, 2, 3, 3)), scores), "scaled")
+            widened = builder.emit(relax.op.add(row, relax.op.broadcast_to(relax.const(1.0), (batch, 2, 3, 3))), "widened")
+            out = builder.emit_output(relax.Tuple([masked, scaled, widened]))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def test_constants_broadcast_to_the_batch_fold_into_their_users():
+    mod = symbolic_batch_mask_module()
+    folded = relax.transform.DeadCodeElimination()(FoldConstantBroadcasts()(FoldConstantWhere()(mod)))
+    values = bindings(folded["main"])
+    masked, scaled, widened = (values[name] for name in ("masked", "scaled", "widened"))
+    assert masked.op.name == "relax.add" and float(masked.args[1].value.numpy()) == 0.0
+    assert scaled.op.name == "relax.multiply" and float(scaled.args[0].value.numpy()) == 2.0
+    assert values[widened.args[1].name].op.name == "relax.broadcast_to", "the broadcast adds the batch to row: kept"
+    assert "mask" not in values and "bias" not in values
+    scores = random_input((3, 2, 3, 3))
+    row = random_input((1, 2, 3, 3), seed=1)
+    outputs = []
+    for module in (mod, folded):
+        vm = relax.VirtualMachine(tvm.compile(module, target="llvm"), tvm.cpu())
+        outputs.append([t.numpy() for t in vm["main"](tvm.runtime.tensor(scores), tvm.runtime.tensor(row))])
+    for before, after in zip(*outputs):
+        np.testing.assert_array_equal(before, after)
 
 
 def test_fast_mode_takes_become_clip_mode_takes():

@@ -53,6 +53,16 @@ def test_symbolic_batch(arch, exporter, export_dir, tmp_path):
         assert relative_error(actual, expected) <= 1e-4
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_symbolic_batch_keeps_hf_attention_recognizable(exporter, export_dir):
+    """The dynamo exporter's scaled-dot-product attention adds an all-true mask broadcast to the
+    batch; with a symbolic batch that is no constant until the cleanup folds it away."""
+    path = export_onnx(build("vit-hf"), torch.from_numpy(random_input((2,) + IMAGE[1:])),
+                       export_dir / f"vit-hf-{exporter}-batch.onnx", exporter, 18, dynamic_batch=True)
+    mod = tvm.transform.Sequential(recognition_passes())(import_onnx(path).mod)
+    assert [block.query_tokens for block in find_attention_blocks(mod)] == [17, 17]
+
+
 def test_dynamo_export_prints_only_what_concerns_the_model(tmp_path):
     """A fresh process's first dynamo export: torch's notes about its own internals (torchvision
     ops it skips, a pytree deprecation) are hidden; the exported model is whole."""
