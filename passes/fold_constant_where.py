@@ -11,9 +11,9 @@ constant: in DeiT-Tiny with a symbolic batch, 108 of the plain module's 325 kern
 computed three gather indices per block at run time. With the ``where`` folded, that
 arithmetic is dead (the cleanup phase's ``DeadCodeElimination`` drops it) and each Gather is a
 ``take`` at a constant index, which ``saddc.legalizations`` turns into a static slice. The
-broadcast condition is scaled-dot-product attention's all-true mask in a symbolic-batch export
-(``where(broadcast_to(true, (batch, 1, n, n)), 0, -inf)``): it becomes a broadcast zero, which
-``FoldConstantBroadcasts`` folds into the scores' add.
+broadcast condition is the all-masked-row guard of ONNX's opset-23 ``Attention`` in a
+symbolic-batch export, ``where(broadcast_to(false), 0, p)`` once ``FoldConstantBroadcasts`` has
+evaluated it.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def cleanup_passes(config: LowerConfig) -> list:
         relax.transform.DecomposeOpsForInference(),
         ClipFastModeTakes(),
         relax.transform.FoldConstant(),
-        FoldConstantWhere(),
         FoldConstantBroadcasts(),
+        FoldConstantWhere(),
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
     ]
