@@ -73,6 +73,8 @@ def _broadcast_constant(var2val: dict, expr: relax.Expr) -> relax.Expr | None:
 
 
 def _evaluate(var2val: dict, expr: relax.Expr, _matched: dict) -> relax.Expr:
+    if not isinstance(expr, relax.Call):
+        return expr  # a variable the matcher saw through: its binding is rewritten where it is bound
     broadcast = [_broadcast_constant(var2val, arg) for arg in expr.args]
     if not any(broadcast):
         return expr
@@ -94,6 +96,8 @@ def _evaluate(var2val: dict, expr: relax.Expr, _matched: dict) -> relax.Expr:
 def _fold_into_use(var2val: dict, expr: relax.Expr, _matched: dict) -> relax.Expr:
     # The matcher takes add and multiply in either operand order: the broadcast operand is
     # found by what it is bound to, not by its position in the pattern.
+    if not isinstance(expr, relax.Call):
+        return expr  # as in _evaluate
     for position, arg in enumerate(expr.args):
         constant = _broadcast_constant(var2val, arg)
         if constant is not None and tvm_ffi.structural_equal(expr.args[1 - position].ty, expr.ty):

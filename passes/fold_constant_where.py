@@ -34,6 +34,8 @@ class FoldConstantWhere:  # pylint: disable=too-few-public-methods
         pattern = is_op("relax.where")(condition, true_branch, false_branch)
 
         def select(expr: relax.Expr, matched: dict) -> relax.Expr:
+            if not isinstance(expr, relax.Call):
+                return expr  # a variable the matcher saw through: folded where it is bound
             values = matched[constant].value.numpy()
             chosen = matched[true_branch] if values.all() else matched[false_branch] if not values.any() else None
             if chosen is None or tvm_ffi.structural_equal(chosen.ty, expr.ty):
