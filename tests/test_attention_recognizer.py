@@ -1,6 +1,7 @@
-"""The attention recognizer on every architecture the frontend imports, with both exporters:
+"""The ViT block recognizer on every architecture the frontend imports, with both exporters:
 each softmax is either a recognized attention block (with where its scale sits, its stage and
-token counts) or reported with the reason it was left alone."""
+token counts) or reported with the reason it was left alone; each linear layer has its role
+(``test_layer_roles.EXPECTED``)."""
 
 import pytest
 import torch
@@ -8,11 +9,11 @@ import tvm
 
 from conftest import random_input
 from model_zoo import ARCHITECTURES, IMAGE, build
-from saddc.config import LowerConfig
 from saddc.frontends import import_onnx
 from saddc.frontends.torch_export import export_onnx
-from saddc.passes import find_attention_blocks, find_skipped_softmax
-from saddc.pipeline import cleanup_passes
+from saddc.passes import find_attention_blocks, find_linear_layers, find_skipped_softmax
+from saddc.pipeline import recognition_passes
+from test_layer_roles import EXPECTED as ROLES
 
 BIAS_REASON = "a constant bias is added to the scores before the softmax"
 # Each test model has two attention layers. Recognized blocks: (scale position, stage, query
@@ -36,10 +37,11 @@ def test_every_architecture_is_covered():
 
 @pytest.mark.parametrize("exporter,opset", [("legacy", 17), ("dynamo", 18)])
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
-def test_softmax_sites_are_recognized_or_explained(arch, exporter, opset, export_dir):
+def test_softmax_sites_and_layer_roles(arch, exporter, opset, export_dir):
     path = export_onnx(build(arch), torch.from_numpy(random_input(IMAGE)),
                        export_dir / f"recognizer-{arch}-{exporter}.onnx", exporter, opset)
-    mod = tvm.transform.Sequential(cleanup_passes(LowerConfig()))(import_onnx(path).mod)
+    mod = tvm.transform.Sequential(recognition_passes())(import_onnx(path).mod)
+    assert [layer.role for layer in find_linear_layers(mod)] == ROLES[arch]
     blocks, skipped = find_attention_blocks(mod), find_skipped_softmax(mod)
     recognized, left_alone = EXPECTED[arch]
     assert [(b.scale, b.stage, b.query_tokens, b.key_tokens) for b in blocks] == recognized
