@@ -60,11 +60,12 @@ _REARRANGING_OPS = frozenset({
 })
 _SCALING_OPS = frozenset({"relax.multiply", "relax.divide"})
 _SHIFTING_OPS = frozenset({"relax.add", "relax.subtract"})
-# Elementwise arithmetic between a linear layer and its activation function.
+# Elementwise arithmetic between a linear layer and its activation function (``where``: the
+# select between an exported MoE layer's two experts).
 _ELEMENTWISE_OPS = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.nn.conv2d",
     "relax.nn.conv1d", "relax.power", "relax.maximum", "relax.minimum", "relax.abs", "relax.negative",
-    "relax.exp", "relax.log",
+    "relax.exp", "relax.log", "relax.where",
 })
 # The nonlinearity of an MLP, as the ONNX importer emits each activation function: GELU as
 # ``erf`` (or ``tanh`` in its tanh form, ``gelu`` from opset 20), SiLU and QuickGELU as

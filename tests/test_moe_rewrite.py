@@ -78,6 +78,9 @@ def test_recognizer_finds_router_experts_and_roles(models):
     assert all(layer.router.role == "router" and layer.router.out_features == 2 for layer in layers)
     roles = [layer.role for layer in find_linear_layers(mod)]
     assert roles.count("router") == 4
+    # The experts' outputs reach the GELU through the select between them.
+    assert [expert.role for layer in layers for expert in layer.experts] == ["mlp-fc1"] * 2 + ["mlp-fc2"] * 2 + \
+        ["mlp-fc1"] * 2 + ["mlp-fc2"] * 2
 
 
 def test_shift_all_leaves_routers_alone(models, tmp_path):
