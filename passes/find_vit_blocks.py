@@ -402,10 +402,7 @@ def _block_shape(block: AttentionBlock) -> tuple:
 def _scaled_before_matmul(flow: Dataflow, operand) -> bool:
     """Whether ``operand`` is an activation scaled by a constant, through rearranging ops."""
     candidates = [operand] + [v for v, _ in flow.reach(operand, False, _REARRANGING_OPS)]
-    return any(
-        flow.op(v) in _SCALING_OPS and any(isinstance(a, tvm.ir.GenericConst) for a in flow.value[v].args)
-        for v in candidates
-    )
+    return any(flow.op(v) in _SCALING_OPS and flow.with_constant(v) for v in candidates)
 
 
 def find_skipped_softmax(mod: tvm.IRModule, func_name: str = "main") -> list[SkippedSoftmax]:
@@ -426,7 +423,7 @@ def _why_not_attention(flow: Dataflow, softmax: relax.Var) -> str:
     if not _attention_products(flow, softmax):
         return "its output is not multiplied with values (no matmul(softmax, V))"
     scores = flow.value[softmax].args[0]
-    while flow.op(scores) in _SCALING_OPS and any(isinstance(a, tvm.ir.GenericConst) for a in flow.value[scores].args):
+    while flow.op(scores) in _SCALING_OPS and flow.with_constant(scores):
         operand, constant = sorted(flow.value[scores].args, key=lambda a: isinstance(a, tvm.ir.GenericConst))
         if constant.value.numpy().size != 1:
             return "the scores are scaled by a constant that is not a scalar; not rewritten"

@@ -54,11 +54,10 @@ class FoldConstantBroadcasts:  # pylint: disable=too-few-public-methods
                             + [is_op("relax.where")(wildcard(), wildcard(), wildcard())]
                             + [is_op(name)(wildcard()) for name in _REDUCTIONS])
         while True:  # until no evaluation is left: each reads the bindings the last one made
-            evaluate = functools.partial(_evaluate, relax.analysis.get_var2val(func))
-            rewritten = rewrite_call(evaluated, evaluate, func)
-            if tvm_ffi.structural_equal(rewritten, func):
+            evaluations = []
+            func = rewrite_call(evaluated, functools.partial(_evaluate, relax.analysis.get_var2val(func), evaluations), func)
+            if not evaluations:
                 break
-            func = rewritten
         folded = _any_of([is_op(name)(wildcard(), wildcard()) for name in _FOLDED_INTO_USE])
         return rewrite_call(folded, functools.partial(_fold_into_use, relax.analysis.get_var2val(func)), func)
 
@@ -72,7 +71,7 @@ def _broadcast_constant(var2val: dict, expr: relax.Expr) -> relax.Expr | None:
     return None
 
 
-def _evaluate(var2val: dict, expr: relax.Expr, _matched: dict) -> relax.Expr:
+def _evaluate(var2val: dict, evaluations: list, expr: relax.Expr, _matched: dict) -> relax.Expr:
     if not isinstance(expr, relax.Call):
         return expr  # a variable the matcher saw through: its binding is rewritten where it is bound
     broadcast = [_broadcast_constant(var2val, arg) for arg in expr.args]
@@ -84,12 +83,13 @@ def _evaluate(var2val: dict, expr: relax.Expr, _matched: dict) -> relax.Expr:
     values = [c.value.numpy() for c in constants]
     if expr.op.name in _REDUCTIONS:
         # Reduce over the broadcast's axes: the constant at the broadcast's rank.
-        rank = len(var2val.get(expr.args[0], expr.args[0]).ty.shape.values)
+        rank = len(expr.args[0].ty.shape.values)
         value = values[0].reshape((1,) * (rank - values[0].ndim) + values[0].shape)
         axes = tuple(int(a) for a in expr.attrs.axis) if expr.attrs.axis is not None else None
         result = _REDUCTIONS[expr.op.name](value, axis=axes, keepdims=bool(expr.attrs.keepdims))
     else:
         result = _EVALUATED[expr.op.name](*values)
+    evaluations.append(expr)
     return relax.op.broadcast_to(relax.const(np.asarray(result)), expr.ty.shape)
 
 

@@ -253,10 +253,11 @@ def cmd_inspect(args) -> int:
     print(f"\nlinear layers: {len(linears)}")
     features = [f"{layer.in_features} -> {layer.out_features}" for layer in linears]
     inputs = [str(list(layer.input_shape)) for layer in linears]
+    feature_width, input_width = max(map(len, features), default=0), max(map(len, inputs), default=0)
     for layer, feature, shape in zip(linears, features, inputs):
         bias = "+bias" if layer.has_bias else ""
-        print(f"  {_label('linear', layer.index, len(linears))}  {layer.role:<11} {feature:<{max(map(len, features))}} "
-              f"{bias:<6} input {shape:<{max(map(len, inputs))}}  {layer.name}")
+        print(f"  {_label('linear', layer.index, len(linears))}  {layer.role:<11} {feature:<{feature_width}} "
+              f"{bias:<6} input {shape:<{input_width}}  {layer.name}")
     blocks = find_attention_blocks(mod)
     print(f"\nsoftmax attention blocks: {len(blocks)}")
     for block in blocks:
