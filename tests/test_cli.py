@@ -12,6 +12,7 @@ import torch
 from conftest import ort_outputs, random_input, relative_error, run_saddc
 from model_zoo import IMAGE, build
 from saddc.frontends.torch_export import export_onnx
+from test_layer_roles import EXPECTED as LAYER_ROLES
 
 
 def saddc_cli(*args):
@@ -37,10 +38,8 @@ def exported(tmp_path_factory):
      + ["qkv"] * 3 + ["attn-proj", "mlp-fc1", "mlp-fc2"] + ["head"], 2),
     # 2 stages x 1 block x (q, kv, proj, fc1, fc2) + head; PVT's overlapping patch conv stays a conv
     ("pvtv2-own", ["qkv", "qkv", "attn-proj", "mlp-fc1", "mlp-fc2"] * 2 + ["head"], 2),
-    # window attention (not rewritable: a relative-position bias) still gives its layers their
-    # roles; between the stages, patch merging's reduction
-    ("swin-hf", ["patch-embed"] + ["qkv"] * 3 + ["attn-proj", "mlp-fc1", "mlp-fc2", "other"] + ["qkv"] * 3
-     + ["attn-proj", "mlp-fc1", "mlp-fc2", "head"], 0),
+    # window attention (not rewritable: a relative-position bias) still gives its layers their roles
+    ("swin-hf", LAYER_ROLES["swin-hf"], 0),
 ])
 def test_inspect_counts_blocks(exported, arch, roles, attention):
     out = saddc_cli("inspect", exported[arch])
