@@ -11,13 +11,18 @@ Steps, in order:
    expansion's shape arithmetic is folded with onnxscript's constant folder, which, unlike
    ONNX Runtime's, evaluates the static dims of a symbolic-batch shape (what is left, shape
    ops on the batch, TVM's importer takes).
-3. ``fold_onnx``: ONNX Runtime's basic-level graph optimizer (constant folding of shape
+3. ``shape_values.fold_static_dims`` (symbolic-batch graphs): the shape arithmetic that
+   reads only static dims, as constants, for the next step to fold what is computed from it.
+4. ``fold_onnx``: ONNX Runtime's basic-level graph optimizer (constant folding of shape
    subgraphs, identity/dropout removal) with its fusion rewrites disabled, so MatMuls stay
    MatMuls for saddc's passes. TVM's importer cannot import Swin-style graphs without this:
    a ``Pad`` whose pads come from ``Shape`` ops leaves every later tensor shapeless and the
    importer's ``Reshape`` rejects it.
-4. ``check_supported_ops``: name every op (and a node using it) that TVM's importer lacks.
-5. ``import_onnx``: ``tvm.relax.frontend.onnx.from_onnx`` with the weights as constants.
+5. ``shape_values.convertible_shape_ops`` (symbolic-batch graphs): a ``Resize`` to sizes
+   that keep the batch takes the equivalent constant scales, which TVM's converter reads, and
+   a ``Reshape`` of a scalar from shapes to one element is the ``Unsqueeze`` TVM converts.
+6. ``check_supported_ops``: name every op (and a node using it) that TVM's importer lacks.
+7. ``import_onnx``: ``tvm.relax.frontend.onnx.from_onnx`` with the weights as constants.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import collections
 import contextlib
 import io
 import os
+import re
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,8 @@ import onnx
 import onnx.inliner
 
 from saddc.errors import ModelLoadError, UnsupportedModelError
+from saddc.frontends.shape_values import convertible_shape_ops, fold_static_dims
+from saddc.native_stderr import captured_native_stderr
 from saddc.specs import TensorSpec
 
 # Graph rewrites of ONNX Runtime's basic level that fuse ops or move transposes; saddc's own
@@ -160,31 +169,46 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 def fold_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference and constant folding; returns a new, standard-ONNX model."""
+    ir_version = model.ir_version
+    for attempt in range(2):
+        try:
+            folded = _basic_optimized(model, ir_version)
+            break
+        except Exception as err:  # ONNX Runtime raises its own Fail, InvalidGraph, ...
+            newest = re.search(r"max supported IR version: (\d+)", str(err))
+            if attempt or newest is None:
+                raise UnsupportedModelError(
+                    f"ONNX Runtime could not load the model for constant folding: {_onnxruntime_message(err)}"
+                ) from None
+            # onnx's own helpers write IR versions newer than ONNX Runtime reads. A version adds
+            # types and fields, not meanings: a graph that uses what it adds fails on its own.
+            ir_version = int(newest[1])
+    return onnx.shape_inference.infer_shapes(folded, data_prop=True)
+
+
+def _basic_optimized(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto:
+    """``model``, stamped with ``ir_version``, after ONNX Runtime's basic-level graph
+    optimizer with ``_ORT_REWRITES_KEPT_OFF`` kept off."""
     import onnxruntime as ort  # pylint: disable=import-outside-toplevel
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
+    source_model = onnx.ModelProto()
+    source_model.CopyFrom(model)  # saved with external data, a model's weights move out of it
+    source_model.ir_version = ir_version
     with tempfile.TemporaryDirectory(prefix="saddc-fold-") as tmp:
         source, folded = os.path.join(tmp, "source.onnx"), os.path.join(tmp, "folded.onnx")
         # Weights go to side files so models over protobuf's 2 GiB limit fold too.
-        onnx.save(model, source, save_as_external_data=True, location="source.onnx.data")
+        onnx.save(source_model, source, save_as_external_data=True, location="source.onnx.data")
         options.optimized_model_filepath = folded
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", "folded.onnx.data"
         )
-        try:
-            ort.InferenceSession(
-                source, options, providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(_ORT_REWRITES_KEPT_OFF),
-            )
-        except Exception as err:
-            raise UnsupportedModelError(
-                f"ONNX Runtime could not load the model for constant folding: {_first_line(err)}"
-            ) from None
-        result = onnx.load(folded)
-    result = onnx.shape_inference.infer_shapes(result, data_prop=True)
-    return result
+        ort.InferenceSession(
+            source, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(_ORT_REWRITES_KEPT_OFF),
+        )
+        return onnx.load(folded)
 
 
 def check_supported_ops(model: onnx.ModelProto) -> None:
@@ -262,7 +286,7 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     op_counts = collections.Counter(node.op_type for node in model.graph.node)
     expanded = expand_function_ops(model)
     check_supported_ops(expanded)
-    folded = fold_onnx(expanded)
+    folded = convertible_shape_ops(fold_onnx(fold_static_dims(expanded)))
     check_supported_ops(folded)
     opset = _default_opset(folded)
     # The importer prints the failing op's inputs to stdout before it re-raises; keep that
@@ -274,6 +298,12 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     except Exception as err:
         failing = captured.getvalue().strip().splitlines()
         where = failing[0].split(",")[0] if failing else "TVM's ONNX importer failed"
+        # The importer's BlockBuilder, its block open at the failing op, lives on in the
+        # exception's frames; freed, it logs "BlockBuilder destroyed with remaining blocks!"
+        # under the one-line error. Free it here, where that log is discarded.
+        with captured_native_stderr():
+            for chained in _exception_chain(err):
+                traceback.clear_frames(chained.__traceback__)
         raise UnsupportedModelError(f"{where}: {_first_line(err)}") from None
     return ImportedModel(
         mod=mod,
@@ -286,9 +316,25 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     )
 
 
-def _first_line(err: BaseException) -> str:
-    """The most specific one-line description of an exception from TVM, ONNX or protobuf."""
+def _exception_chain(err: BaseException):
+    """``err`` and the exceptions it was raised from or while handling."""
+    while err is not None:
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _onnxruntime_message(err: BaseException) -> str:
+    """ONNX Runtime's error message without its error code, the path of saddc's temporary
+    copy of the model, and the source location and C++ signature it was raised at."""
+    message = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(err).strip())
+    message = re.sub(r"Load model from \S+ failed:", "", message)
+    return _first_line(re.sub(r"/onnxruntime_src/\S+ [^(]*\((?:[^()]|\([^()]*\))*\)(?: const)? ", "", message))
+
+
+def _first_line(err: BaseException | str) -> str:
+    """The most specific one-line description of an exception (or its message) from TVM, ONNX or
+    protobuf."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     # TVM errors put the message last, after a C++ backtrace.
-    message = lines[-1] if lines else type(err).__name__
+    message = lines[-1] if lines else type(err).__name__ if isinstance(err, BaseException) else "no message"
     return message if len(message) <= 300 else message[:297] + "..."

@@ -15,6 +15,7 @@ from .find_vit_blocks import (
 )
 from .fold_constant_broadcasts import FoldConstantBroadcasts
 from .fold_constant_where import FoldConstantWhere
+from .fuse_ops_separating_scalar_calls import FuseOpsSeparatingScalarCalls
 from .lower_binary_coded_attention import LowerBinaryCodedAttention
 from .lower_moe_dispatch import LowerMoEDispatch
 from .mark_single_buffer_functions_noalias import MarkSingleBufferFunctionsNoAlias
@@ -26,7 +27,7 @@ from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
-    "FoldConstantBroadcasts", "FoldConstantWhere", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
+    "FoldConstantBroadcasts", "FoldConstantWhere", "FuseOpsSeparatingScalarCalls", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
     "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport",
     "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",

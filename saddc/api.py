@@ -7,9 +7,7 @@ import contextlib
 import datetime
 import hashlib
 import os
-import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from saddc import artifacts
 from saddc.config import AUTO_TUNING_DB, AttentionOptions, LowerConfig, MoEOptions, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
 from saddc.errors import SaddcError
+from saddc.native_stderr import captured_native_stderr
 from saddc.pipeline import phases, run_phases
 from saddc.specs import TensorSpec
 from saddc.target import TargetSpec, parse_target
@@ -57,22 +56,13 @@ def lower_tvm_default(mod: tvm.IRModule, config: LowerConfig) -> tvm.IRModule:
 def _native_log_collapsed():
     """Print what TVM's C++ side logs to the standard error meanwhile once a line, with its
     count: its legalization warns at every ``fast``-mode take (DeiT-Tiny: 37 identical lines)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)
-        try:
+    lines: list[str] = []
+    try:
+        with captured_native_stderr() as lines:
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-            # TVM stamps each line with the time ("[04:11:41] "), which would keep repeats apart.
-            lines = collections.Counter(re.sub(r"^\[[\d:]+\] ", "", line)
-                                        for line in log.read().decode(errors="replace").splitlines())
-            for line, count in lines.items():
-                print(line if count == 1 else f"{line} ({count} times)", file=sys.stderr)
+    finally:
+        for line, count in collections.Counter(lines).items():
+            print(line if count == 1 else f"{line} ({count} times)", file=sys.stderr)
 
 
 @dataclass

@@ -106,7 +106,7 @@ def reparameterize_passes(config: LowerConfig) -> list:
 
 def legalize_passes(config: LowerConfig) -> list:
     from saddc.passes import (  # pylint: disable=import-outside-toplevel
-        ConvertToFloat16, EstimateKernelWork, RewriteConv2dToMatmul,
+        ConvertToFloat16, EstimateKernelWork, FuseOpsSeparatingScalarCalls, RewriteConv2dToMatmul,
     )
 
     # TVM's backends bundle legalization with their DLight schedule; saddc keeps them apart so
@@ -122,7 +122,7 @@ def legalize_passes(config: LowerConfig) -> list:
         relax.transform.LegalizeOps(legalizations(config.target.is_cuda)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
+        FuseOpsSeparatingScalarCalls(),
         relax.transform.FuseTIR(),
         EstimateKernelWork(config.reports),
     ]

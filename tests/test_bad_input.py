@@ -125,6 +125,34 @@ def test_custom_domain_op_is_named(tmp_path):
     assert_clean_failure(result, "com.vendor::FusedAttention", "vendor_attn")
 
 
+def test_op_tvm_fails_to_convert_is_named_in_one_line(tmp_path):
+    """TVM's Resize converter takes no sizes computed at run time (here, the batch's, with a
+    spatial size no scale gives back: 3 -> 10); the failure is one line, without the warning of
+    the importer's abandoned BlockBuilder."""
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["leading"], start=0, end=2),
+         helper.make_node("Concat", ["leading", "spatial"], ["sizes"], axis=0),
+         helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 10, 10])],
+        [helper.make_tensor("spatial", TensorProto.INT64, [2], [10, 10])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), tmp_path / "resize.onnx")
+    result = run_saddc("compile", tmp_path / "resize.onnx", "-o", tmp_path / "m.so")
+    assert_clean_failure(result, "Resize")
+    assert_nothing_written(tmp_path, "resize.onnx")
+
+
+def test_model_onnxruntime_rejects_gets_its_reason_without_onnxruntime_internals(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    newest = onnx.defs.onnx_opset_version()  # under development: ONNX Runtime refuses it
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", newest)], ir_version=10), tmp_path / "m.onnx")
+    result = run_saddc("compile", tmp_path / "m.onnx", "-o", tmp_path / "m.so")
+    assert_clean_failure(result, "ONNX Runtime", f"Opset {newest}")
+    assert "onnxruntime_src" not in result.stderr and "saddc-fold" not in result.stderr
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--target", "rocm"], "unknown target 'rocm'"),
     (["--target", "cuda", "--arch", "sm_42"], "sm_42"),
