@@ -247,9 +247,9 @@ def baseline_for(target: str, update: bool = False) -> Path:
 
 def default_targets() -> list[str]:
     """llvm, and cuda where a CUDA GPU is visible."""
-    import tvm  # pylint: disable=import-outside-toplevel
+    from saddc.cuda import gpu_visible  # pylint: disable=import-outside-toplevel
 
-    return ["llvm", "cuda"] if tvm.cuda(0).exist else ["llvm"]
+    return ["llvm", "cuda"] if gpu_visible() else ["llvm"]
 
 
 def main() -> int:

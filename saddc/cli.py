@@ -356,9 +356,9 @@ def cmd_bench(args) -> int:
 
 def _require_gpu_to_time(target: str) -> None:
     """Fail before the builds (a minute or more) when a cuda benchmark would then find no GPU."""
-    import tvm  # pylint: disable=import-outside-toplevel
+    from saddc.cuda import gpu_visible  # pylint: disable=import-outside-toplevel
 
-    if target == "cuda" and not tvm.cuda(0).exist:
+    if target == "cuda" and not gpu_visible():
         raise SaddcError("timing for cuda needs a CUDA GPU, and this machine has none: build here with "
                          "--build-only DIR, then time on the GPU machine with saddc bench --run DIR")
 

@@ -38,6 +38,13 @@ FATBIN_MAGIC = 0xBA55ED50
 FATBIN_KIND = {1: "ptx", 2: "sass"}
 
 
+def gpu_visible() -> bool:
+    """Whether TVM's CUDA runtime sees a GPU (device 0, where saddc's cuda modules run)."""
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    return bool(tvm.cuda(0).exist)
+
+
 def find_nvcc() -> str:
     """Path of nvcc: ``$CUDA_PATH/bin/nvcc``, else the one on PATH."""
     candidates = []

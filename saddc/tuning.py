@@ -157,11 +157,12 @@ def tune(model, database_dir: str | Path, target: str = "llvm", arch: str | None
     import tvm
 
     from saddc.config import LowerConfig
+    from saddc.cuda import gpu_visible
     from saddc.pipeline import run_phases
     from saddc.target import parse_target
 
     config = LowerConfig(target=parse_target(target, arch), tuning_db=None, **rewrites)
-    if config.target.is_cuda and not tvm.cuda(0).exist:
+    if config.target.is_cuda and not gpu_visible():
         raise SaddcError("tuning for cuda measures every candidate on a GPU, and this machine has none")
     database_dir = artifacts.prepare_directory(database_dir)
     if not isinstance(model, tvm.IRModule):

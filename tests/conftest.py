@@ -16,12 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RNG_SEED = 0
 
 
-def gpu_available() -> bool:
-    import tvm
-
-    return bool(tvm.cuda(0).exist)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """Tests marked ``gpu`` run on every machine up to the first load of a CUDA module: without

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from conftest import gpu_available, random_input, run_saddc
+from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
 from saddc.config import CUDA_BENCH_VARIANTS
+from saddc.cuda import gpu_visible
 from saddc.frontends.torch_export import export_onnx
 
 
@@ -62,7 +63,7 @@ def test_cuda_build_compiles_every_variant(model, tmp_path):
     (["--run", "{tmp}"], "holds no saddc bench build"),
     (["{tmp}/missing.onnx"], "missing.onnx"),
     pytest.param(["{model}", "--target", "cuda"], "timing for cuda needs a CUDA GPU",
-                 marks=pytest.mark.skipif(gpu_available(), reason="a GPU is visible: cuda timing runs")),
+                 marks=pytest.mark.skipif(gpu_visible(), reason="a GPU is visible: cuda timing runs")),
 ])
 def test_bad_bench_input_is_one_line(model, tmp_path, args, message):
     """Each fails before the first build, and writes nothing."""

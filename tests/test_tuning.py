@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import gpu_available, ort_outputs, random_input, relative_error, run_saddc
+from conftest import ort_outputs, random_input, relative_error, run_saddc
 from model_zoo import IMAGE, build
+from saddc.cuda import gpu_visible
 from saddc.frontends.torch_export import export_onnx
 
 
@@ -74,7 +75,7 @@ def test_tune_merges_into_an_existing_database(model, database, tmp_path):
     (["tune", "{model}", "--db", "{tmp}/db", "--trials", "0"], "--trials must be at least 1"),
     (["tune", "{model}", "--db", "{tmp}/db", "--kernels", "no_such_kernel"], "no kernels to tune match 'no_such_kernel'"),
     pytest.param(["tune", "{model}", "--db", "{tmp}/db", "--target", "cuda"], "this machine has none",
-                 marks=pytest.mark.skipif(gpu_available(), reason="needs a machine without a GPU")),
+                 marks=pytest.mark.skipif(gpu_visible(), reason="needs a machine without a GPU")),
 ])
 def test_bad_tuning_input_is_one_line_and_writes_nothing(model, tmp_path, args, message):
     result = run_saddc(*[arg.format(model=model, tmp=tmp_path) for arg in args])
