@@ -43,6 +43,7 @@ MLP's.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,9 +152,12 @@ def weight_key(weight: np.ndarray) -> str:
 
 
 def dims(expr: relax.Expr) -> tuple:
+    """The dims of ``expr``'s shape: ints where static, else the expression as text
+    (``batch * 4``, without TVMScript's ``T.int64(4)`` for its constants)."""
     shape = expr.ty.shape
     values = shape.values if hasattr(shape, "values") else shape
-    return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in values)
+    return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else re.sub(r"T\.int\d+\((-?\d+)\)", r"\1", str(d))
+                 for d in values)
 
 
 def _linear_pattern():
