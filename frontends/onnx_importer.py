@@ -34,6 +34,7 @@ import os
 import re
 import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import onnx.inliner
 
 from saddc.errors import ModelLoadError, UnsupportedModelError
 from saddc.frontends.shape_values import convertible_shape_ops, fold_static_dims
+from saddc.frontends.weight_data import inferred_types, restore_weight_data, set_aside_weight_data
 from saddc.native_stderr import captured_native_stderr
 from saddc.specs import TensorSpec
 
@@ -103,7 +105,8 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
             f"cannot load the external weight data of {path}: {_first_line(err)}"
         ) from None
     try:
-        onnx.checker.check_model(model)
+        # By path: the checker serializes a model it is given, which fails over 2 GiB.
+        onnx.checker.check_model(str(path))
     except Exception as err:
         raise ModelLoadError(f"invalid ONNX model {path}: {_first_line(err)}") from None
     return model
@@ -126,7 +129,7 @@ def expand_function_ops(model: onnx.ModelProto) -> onnx.ModelProto:
                and (schema := _function_schema(node.op_type, opset))]
     if not targets:
         return model
-    types = _value_types(model)
+    types = inferred_types(model)
     expanded = onnx.ModelProto()
     expanded.CopyFrom(model)
     for index, (position, schema) in enumerate(targets):
@@ -142,7 +145,9 @@ def expand_function_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         node.domain, node.op_type = function.domain, function.name
         expanded.functions.append(function)
     expanded.opset_import.append(onnx.helper.make_opsetid(_EXPANSION_DOMAIN, 1))
+    set_aside = set_aside_weight_data(expanded)
     inlined = onnx.inliner.inline_local_functions(expanded)
+    restore_weight_data(inlined, set_aside)
     inlined.opset_import.remove(onnx.helper.make_opsetid(_EXPANSION_DOMAIN, 1))
     onnxscript.optimizer.fold_constants(inlined)
     return inlined
@@ -155,12 +160,6 @@ def _function_schema(op_type: str, opset: int):
     except onnx.defs.SchemaError:
         return None
     return schema if schema.has_function or schema.has_context_dependent_function else None
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """The inferred type of every value in ``model``'s graph."""
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    return {value.name: value.type for value in [*graph.input, *graph.value_info, *graph.output]}
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -183,12 +182,12 @@ def fold_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
             # onnx's own helpers write IR versions newer than ONNX Runtime reads. A version adds
             # types and fields, not meanings: a graph that uses what it adds fails on its own.
             ir_version = int(newest[1])
-    return onnx.shape_inference.infer_shapes(folded, data_prop=True)
+    return folded
 
 
 def _basic_optimized(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto:
     """``model``, stamped with ``ir_version``, after ONNX Runtime's basic-level graph
-    optimizer with ``_ORT_REWRITES_KEPT_OFF`` kept off."""
+    optimizer with ``_ORT_REWRITES_KEPT_OFF`` kept off, and ONNX shape inference."""
     import onnxruntime as ort  # pylint: disable=import-outside-toplevel
 
     options = ort.SessionOptions()
@@ -208,7 +207,11 @@ def _basic_optimized(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto
         ort.InferenceSession(
             source, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(_ORT_REWRITES_KEPT_OFF),
         )
-        return onnx.load(folded)
+        # Shape inference serializes the model: it runs before the weights, which it does not
+        # read, are loaded from the side file (a model over 2 GiB would not serialize).
+        result = onnx.shape_inference.infer_shapes(onnx.load(folded, load_external_data=False), data_prop=True)
+        onnx.load_external_data_for_model(result, tmp)
+        return result
 
 
 def check_supported_ops(model: onnx.ModelProto) -> None:
@@ -293,7 +296,11 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto) -> ImportedModel:
     # out of the user's terminal and report one line instead.
     captured = io.StringIO()
     try:
-        with contextlib.redirect_stdout(captured):
+        with contextlib.redirect_stdout(captured), warnings.catch_warnings():
+            # from_onnx runs the ONNX checker on the model it is given, which serializes it, and
+            # warns with the checker's error: over 2 GiB, "Failed to serialize proto". A model
+            # file saddc checks by path (load_onnx).
+            warnings.filterwarnings("ignore", "Failed to serialize proto", UserWarning)
             mod = from_onnx(folded, opset=opset, keep_params_in_input=False)
     except Exception as err:
         failing = captured.getvalue().strip().splitlines()

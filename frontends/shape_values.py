@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from saddc.frontends.weight_data import inferred_types
+
 
 @dataclass(frozen=True)
 class Dim:
@@ -193,13 +195,9 @@ def _set_constant(values: dict, name: str, tensor: onnx.TensorProto) -> None:
 def _static_dims(model: onnx.ModelProto) -> dict[str, list]:
     """Each value of known rank -> its dims, as ints where static and None where not
     (ONNX shape inference, with data propagation)."""
-    graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    dims = {}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        if value.type.tensor_type.HasField("shape"):
-            dims[value.name] = [dim.dim_value if dim.HasField("dim_value") else None
-                                for dim in value.type.tensor_type.shape.dim]
-    return dims
+    return {name: [dim.dim_value if dim.HasField("dim_value") else None for dim in value_type.tensor_type.shape.dim]
+            for name, value_type in inferred_types(model, data_prop=True).items()
+            if value_type.tensor_type.HasField("shape")}
 
 
 def _has_symbolic_inputs(model: onnx.ModelProto) -> bool:

@@ -23,10 +23,11 @@ class KernelWork:
     """Estimated operations of one call of each kernel, symbolic extents taken as one."""
 
     flops: dict[str, float] = field(default_factory=dict)
+    symbolic: bool = False  # whether any kernel had a symbolic dimension (taken as one)
 
     def summary_lines(self) -> list[str]:
-        return [f"kernel work:       {sum(self.flops.values()) / 1e9:.2f} GFLOP a call, symbolic dims as 1 "
-                f"(estimated for {len(self.flops)} kernels)"]
+        return [f"kernel work:       {sum(self.flops.values()) / 1e9:.3g} GFLOP a call"
+                f"{', symbolic dims as 1' if self.symbolic else ''} (estimated for {len(self.flops)} kernels)"]
 
     def to_json(self) -> dict:
         return self.flops
@@ -45,8 +46,9 @@ class EstimateKernelWork:  # pylint: disable=too-few-public-methods
         work = KernelWork()
         for gvar, func in mod.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs or {}).get("tirx.is_scheduled", False):
-                module = tvm.IRModule({"main": _symbolic_dims_as_one(func)})
-                work.flops[gvar.name_hint] = float(estimate_tir_flops(module))
+                specialized = _symbolic_dims_as_one(func)
+                work.symbolic |= not specialized.same_as(func)
+                work.flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": specialized})))
         self.reports[KERNEL_WORK_REPORT] = work
         return mod
 

@@ -92,7 +92,7 @@ def test_missing_external_data(tmp_path):
     model_dir.mkdir()
     shutil.copy(tmp_path / "d.onnx", model_dir / "d.onnx")  # without its .onnx.data
     result = run_saddc("compile", model_dir / "d.onnx", "-o", model_dir / "m.so")
-    assert_clean_failure(result, "external")
+    assert_clean_failure(result, "cannot load the external weight data")
     assert_nothing_written(model_dir, "d.onnx")
 
 
