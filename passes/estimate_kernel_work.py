@@ -3,16 +3,19 @@
 An analysis at the end of the legalize phase, where kernels are still plain loop nests (the
 schedules fuse a dynamic batch into other loops, which TVM's estimate then counts once). It
 records TVM's ``estimate_tir_flops`` of every PrimFunc, per call, with symbolic dimensions (a
-dynamic batch) set to one: per image for a ViT's kernels, whose work grows with the batch.
+dynamic batch) set to one: per image for a ViT's kernels, whose work grows with the batch; and
+how many times the model calls each (a block's kernels, once a block), for the model's total.
 Kernels written with their schedule in place (the MoE dispatch's, whose loop bounds are the
 routing's token counts) are left out: their loop nests do not state their work.
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
 import tvm
+from tvm import relax
 
 # The key of the report in LowerConfig.reports (beside the rewrites' reports).
 KERNEL_WORK_REPORT = "kernel_flops"
@@ -23,10 +26,12 @@ class KernelWork:
     """Estimated operations of one call of each kernel, symbolic extents taken as one."""
 
     flops: dict[str, float] = field(default_factory=dict)
+    calls: collections.Counter = field(default_factory=collections.Counter)  # kernel -> calls a model call
     symbolic: bool = False  # whether any kernel had a symbolic dimension (taken as one)
 
     def summary_lines(self) -> list[str]:
-        return [f"kernel work:       {sum(self.flops.values()) / 1e9:.3g} GFLOP a call"
+        total = sum(flops * self.calls[name] for name, flops in self.flops.items())
+        return [f"kernel work:       {total / 1e9:.3g} GFLOP a call"
                 f"{', symbolic dims as 1' if self.symbolic else ''} (estimated for {len(self.flops)} kernels)"]
 
     def to_json(self) -> dict:
@@ -49,8 +54,17 @@ class EstimateKernelWork:  # pylint: disable=too-few-public-methods
                 specialized = _symbolic_dims_as_one(func)
                 work.symbolic |= not specialized.same_as(func)
                 work.flops[gvar.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": specialized})))
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, lambda expr: _count_kernel_call(expr, work.calls))
         self.reports[KERNEL_WORK_REPORT] = work
         return mod
+
+
+def _count_kernel_call(expr: relax.Expr, calls: collections.Counter) -> None:
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
+            "relax.call_tir", "relax.call_tir_inplace"):
+        calls[expr.args[0].name_hint] += 1
 
 
 def _symbolic_dims_as_one(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:

@@ -103,6 +103,28 @@ def test_kernel_work_is_estimated_per_image_and_scaled_by_the_batch(tmp_path):
     assert timings[name]["bytes"] == 4 * (3 * rows * inner + inner * columns + columns + 3 * rows * columns)
 
 
+def test_kernel_work_counts_every_call_of_a_kernel(tmp_path):
+    """A kernel the model calls twice (two layers of one shape share it) counts twice in the
+    model's total work."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    import saddc  # pylint: disable=import-outside-toplevel
+    from saddc.passes.estimate_kernel_work import KERNEL_WORK_REPORT  # pylint: disable=import-outside-toplevel
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            hidden = builder.emit(relax.op.matmul(x, relax.const(np.ones((16, 16), "float32"))))
+            output = builder.emit_output(relax.op.matmul(hidden, relax.const(np.full((16, 16), 2, "float32"))))
+        builder.emit_func_output(output)
+    work = saddc.compile(builder.get(), output=tmp_path / "two.so").reports[KERNEL_WORK_REPORT]
+    (name,) = work.flops
+    assert work.calls[name] == 2
+    assert f"{2 * work.flops[name] / 1e9:.3g} GFLOP a call" in work.summary_lines()[0]
+
+
 def test_gpu_session_jobs_call_this_trees_commands(tmp_path):
     """The GPU session kit's jobs (benchmarks/gpu_session.py, run on a GPU machine) name
     saddc command lines its parser accepts and scripts of this tree, so a renamed option
