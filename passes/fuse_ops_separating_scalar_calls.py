@@ -52,7 +52,8 @@ def _scalar_calls_in_shape_groups(mod: tvm.IRModule) -> set[str]:
         for block in func.body.blocks:
             for binding in block.bindings:
                 call = binding.value
-                arguments = call.args[1].fields if isinstance(call, relax.Call) and isinstance(call.args[1], relax.Tuple) else []
+                is_kernel_call = isinstance(call, relax.Call) and len(call.args) > 1 and isinstance(call.args[1], relax.Tuple)
+                arguments = call.args[1].fields if is_kernel_call else []
                 if any(isinstance(argument.ty, tvm.ir.PrimType) for argument in arguments):
                     names.add(call.args[0].name_hint)
     return names
