@@ -152,9 +152,14 @@ def weight_key(weight: np.ndarray) -> str:
 
 
 def dims(expr: relax.Expr) -> tuple:
-    """The dims of ``expr``'s shape: ints where static, else the expression as text
+    """The dims of ``expr``'s shape (see ``shape_dims``)."""
+    return shape_dims(expr.ty)
+
+
+def shape_dims(tensor_type: relax.TensorType) -> tuple:
+    """The dims of a tensor type's shape: ints where static, else the expression as text
     (``batch * 4``, without TVMScript's ``T.int64(4)`` for its constants)."""
-    shape = expr.ty.shape
+    shape = tensor_type.shape
     values = shape.values if hasattr(shape, "values") else shape
     return tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else re.sub(r"T\.int\d+\((-?\d+)\)", r"\1", str(d))
                  for d in values)

@@ -276,11 +276,12 @@ def _sha256(path: Path) -> str:
 
 def relax_io_specs(mod: tvm.IRModule) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output specs of a Relax module's ``main`` (tensor inputs and outputs only)."""
+    from saddc.passes.find_vit_blocks import shape_dims  # pylint: disable=import-outside-toplevel
+
     func = mod["main"]
 
     def spec(name, ty):
-        dims = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in ty.shape.values)
-        return TensorSpec(name, dims, str(ty.dtype))
+        return TensorSpec(name, shape_dims(ty), str(ty.dtype))
 
     inputs = [spec(param.name, param.ty) for param in func.params]
     ret = func.ret_ty
