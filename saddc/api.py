@@ -18,7 +18,7 @@ from tvm import relax
 from saddc import artifacts
 from saddc.config import AUTO_TUNING_DB, AttentionOptions, LowerConfig, MoEOptions, ShiftOptions
 from saddc.cuda import FatbinEntry, NvccStats, ensure_cuda_codegen, nvcc_fatbin_compiler, nvcc_version, read_fatbins
-from saddc.errors import SaddcError
+from saddc.errors import InputError, SaddcError
 from saddc.native_stderr import captured_native_stderr
 from saddc.pipeline import phases, run_phases
 from saddc.specs import TensorSpec
@@ -281,7 +281,11 @@ def relax_io_specs(mod: tvm.IRModule) -> tuple[list[TensorSpec], list[TensorSpec
     func = mod["main"]
 
     def spec(name, ty):
-        return TensorSpec(name, shape_dims(ty), str(ty.dtype))
+        if ty.ndim < 0:  # TVM legalizes no op on such a tensor: VM codegen would fail on it
+            raise InputError(f"'{name}' of the module's main has no known rank; saddc compiles tensors of known rank")
+        # A shape TVM does not know (erased where no input binds its dims) reads as '?' dims,
+        # as ONNX's unknown dims do.
+        return TensorSpec(name, shape_dims(ty) if ty.shape is not None else ("?",) * ty.ndim, str(ty.dtype))
 
     inputs = [spec(param.name, param.ty) for param in func.params]
     ret = func.ret_ty

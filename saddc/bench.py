@@ -28,6 +28,7 @@ import numpy as np
 
 from saddc import benchmarking
 from saddc.errors import ConfigError, InputError
+from saddc.specs import TensorSpec
 
 # The compile flags each variant (config.BENCH_VARIANTS) stands for; ``variant_options`` builds them.
 VARIANT_FLAGS = {
@@ -109,16 +110,12 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
     plan = json.loads((build_dir / "plan.json").read_text())
     is_cuda = plan["target"] == "cuda"
     modules = {name: load(build_dir / entry["module"]) for name, entry in plan["modules"].items()}
-    spec = modules["tvm default"].inputs[0]
-    if len(modules["tvm default"].inputs) != 1:
-        raise InputError("saddc bench times single-input models (an image batch)")
+    (spec,) = check_benchable(modules["tvm default"].inputs, batches)
     rows, kernels, kernels_alone_us = [], {}, {}
     machine = benchmarking.machine(is_cuda)
     peak = benchmarking.gpu_peak(machine["gpu"]) if is_cuda else None
     for batch in batches:
-        shape = [batch] + [int(d) for d in spec.shape[1:]]
-        if isinstance(spec.shape[0], int) and spec.shape[0] != batch:
-            raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {batch} needs a symbolic batch")
+        shape = [batch, *spec.shape[1:]]
         x = np.random.default_rng(batch).standard_normal(shape).astype(spec.dtype)
         runners, reference = _runners(build_dir, modules, x, torch_model, is_cuda)
         seconds = time_side_by_side(runners, repeat, min_repeat_ms, f"timing batch {batch}")
@@ -145,6 +142,21 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
                   f"calls that fill >= {min_repeat_ms} ms after a warm-up; one process",
         "rows": rows, "slowest_kernels": kernels, "kernels_alone_us": kernels_alone_us,
     }
+
+
+def check_benchable(inputs: list[TensorSpec], batches: list[int]) -> list[TensorSpec]:
+    """``inputs`` when the model is one a benchmark can feed at each of ``batches``: a single
+    input whose dims after the first (the batch) are static, and a batch that is symbolic or
+    the one asked for. Checked before the builds, which take minutes."""
+    if len(inputs) != 1:
+        raise InputError(f"saddc bench times single-input models (an image batch); this one has {len(inputs)} inputs")
+    (spec,) = inputs
+    if not spec.shape or not all(isinstance(dim, int) for dim in spec.shape[1:]):
+        raise InputError(f"saddc bench needs the input's dims after the batch static, and the model has {spec.describe()}")
+    if isinstance(spec.shape[0], int) and any(batch != spec.shape[0] for batch in batches):
+        others = ",".join(str(batch) for batch in batches if batch != spec.shape[0])
+        raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {others} needs a symbolic batch")
+    return inputs
 
 
 def _runners(build_dir, modules, x, torch_model, is_cuda) -> tuple[list[Runner], np.ndarray]:

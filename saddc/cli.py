@@ -338,10 +338,11 @@ def cmd_bench(args) -> int:
             raise SaddcError(f"{args.run} holds no saddc bench build (plan.json): build with --build-only")
         prepare_directory(args.out)
         return _bench_report(bench.run(Path(args.run), batches, args.repeat, args.torch), args.out)
-    from saddc.frontends import load_onnx  # pylint: disable=import-outside-toplevel
+    from saddc.frontends.onnx_importer import graph_inputs, load_onnx, tensor_specs  # pylint: disable=import-outside-toplevel
 
-    # A missing or broken model or calibration file fails here, before anything is written.
-    load_onnx(args.model)
+    # A missing or broken model, one a benchmark cannot feed, or a bad calibration file fails
+    # here, before anything is written.
+    bench.check_benchable(tensor_specs(graph_inputs(load_onnx(args.model))), batches)
     calibration = None if args.calibration is None else _read_npy(args.calibration)
     prepare_directory(args.out)
     if args.build_only:

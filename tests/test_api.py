@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax
+from tvm.script import relax as R, tirx as T
 
 import saddc
 from saddc.errors import InputError
@@ -130,6 +131,36 @@ def test_load_rejects_mismatched_inputs(tmp_path):
         module(np.zeros((4, 16), "float64"))
     with pytest.raises(InputError, match="missing"):
         module.run({"y": np.zeros((4, 16), "float32")})
+
+
+def test_shapes_tvm_does_not_know_read_as_unknown_dims(tmp_path):
+    """A Relax module given directly may leave a shape unknown: TVM erases an output's shape
+    where no input binds its dims (``m`` below). Its spec reads '?' per dim, and the module
+    runs. A tensor without even a rank, on which TVM legalizes nothing, is refused by name."""
+
+    @tvm.script.ir_module
+    class Unbound:  # pylint: disable=too-few-public-methods
+        @R.function
+        def main(x: R.Tensor(("n",), "float32")):
+            m = T.int64()
+            y = R.match_cast(x, R.Tensor((m,), "float32"))
+            return R.add(y, y)
+
+    saddc.compile(Unbound, target="llvm", output=tmp_path / "unbound.so")
+    module = saddc.load(tmp_path / "unbound.so")
+    assert [spec.describe() for spec in module.inputs + module.outputs] == ["x: float32[n]", "output0: float32[?]"]
+    x = np.arange(5, dtype="float32")
+    (doubled,) = module(x)
+    np.testing.assert_array_equal(doubled, 2 * x)
+
+    @tvm.script.ir_module
+    class Rankless:  # pylint: disable=too-few-public-methods
+        @R.function
+        def main(z: R.Tensor(dtype="float32")):
+            return R.multiply(z, z)
+
+    with pytest.raises(InputError, match="'z' of the module's main has no known rank"):
+        saddc.compile(Rankless, target="llvm")
 
 
 def test_compile_without_output_builds_but_writes_nothing(tmp_path):

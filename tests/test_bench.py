@@ -5,8 +5,10 @@ is one line."""
 
 import json
 
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
 from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
@@ -56,7 +58,27 @@ def test_cuda_build_compiles_every_variant(model, tmp_path):
     assert all((tmp_path / "build" / entry["module"]).stat().st_size > 0 for entry in plan["modules"].values())
 
 
+@pytest.fixture(scope="module")
+def unbenchable(tmp_path_factory):
+    """Models a benchmark cannot feed: two inputs, a symbolic image size, a fixed batch of 1."""
+    root = tmp_path_factory.mktemp("unbenchable")
+
+    def save(name, input_names, shape):
+        inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape) for input_name in input_names]
+        graph = helper.make_graph([helper.make_node("Identity", [input_names[0]], ["y"])], name, inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / f"{name}.onnx")
+
+    save("two_inputs", ["a", "b"], ["batch", 3, 8, 8])
+    save("any_size", ["image"], ["batch", 3, "height", "width"])
+    save("batch_one", ["image"], [1, 3, 8, 8])
+    return root
+
+
 @pytest.mark.parametrize("args,message", [
+    (["{unbenchable}/two_inputs.onnx"], "single-input models (an image batch); this one has 2 inputs"),
+    (["{unbenchable}/any_size.onnx"], "dims after the batch static, and the model has image: float32[batch, 3, height, width]"),
+    (["{unbenchable}/batch_one.onnx", "--batch", "1,8"], "the model's batch is fixed at 1; --batch 8 needs a symbolic batch"),
     (["{model}", "--variants", "plain,fast"], "unknown variant(s) fast"),
     (["{model}", "--batch", "1,x"], "--batch wants comma-separated integers"),
     (["--repeat", "1"], "needs a model"),
@@ -65,9 +87,10 @@ def test_cuda_build_compiles_every_variant(model, tmp_path):
     pytest.param(["{model}", "--target", "cuda"], "timing for cuda needs a CUDA GPU",
                  marks=pytest.mark.skipif(gpu_visible(), reason="a GPU is visible: cuda timing runs")),
 ])
-def test_bad_bench_input_is_one_line(model, tmp_path, args, message):
+def test_bad_bench_input_is_one_line(model, unbenchable, tmp_path, args, message):
     """Each fails before the first build, and writes nothing."""
-    result = run_saddc("bench", *[arg.format(model=model, tmp=tmp_path) for arg in args], "--out", tmp_path / "out")
+    args = [arg.format(model=model, unbenchable=unbenchable, tmp=tmp_path) for arg in args]
+    result = run_saddc("bench", *args, "--out", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("saddc: error:")]
     assert message in line and "Traceback" not in result.stderr

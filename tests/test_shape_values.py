@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import saddc
-from conftest import ort_outputs, random_input, relative_error
+from conftest import ort_outputs, random_input, relative_error, run_saddc
 from saddc.frontends import fold_onnx
 from saddc.frontends.shape_values import Dim, fold_static_dims, convertible_shape_ops, shape_values
 
@@ -117,6 +117,22 @@ def test_reshape_of_a_scalar_from_shapes_is_an_unsqueeze(tmp_path):
     rewritten = convertible_shape_ops(original)
     assert [node.op_type for node in rewritten.graph.node] == ["Shape", "Squeeze", "Mul", "Unsqueeze", "Concat", "Reshape"]
     same_outputs(original, rewritten, (4, 3), tmp_path)
+
+
+def test_gather_of_a_shape_out_of_range_is_refused_in_one_line(tmp_path):
+    """An invalid model's arithmetic is not evaluated: the dim at index 7 of a 3-D shape is
+    left for the importer to refuse (a traceback from the evaluation before)."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "index"], ["dim"], axis=0),
+             helper.make_node("Unsqueeze", ["dim", "zero"], ["dim_1d"]),
+             helper.make_node("Concat", ["dim_1d", "minus_one"], ["new_shape"], axis=0),
+             helper.make_node("Reshape", ["x", "new_shape"], ["y"])]
+    invalid = model(nodes, ["batch", 2, 3], ["a", "b"], [("index", 7), ("zero", [0]), ("minus_one", [-1])])
+    assert "dim" not in shape_values(invalid)
+    onnx.save(invalid, tmp_path / "invalid.onnx")
+    result = run_saddc("compile", tmp_path / "invalid.onnx", "-o", tmp_path / "m.so")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["saddc: error: Error converting operator Gather: ShapeExpr index out of range"]
 
 
 def test_graphs_without_symbolic_inputs_are_returned_as_they_are():
