@@ -10,7 +10,7 @@ the matmuls, convs and injective kernels are left to saddc's rules, which MetaSc
 runs did not beat) and merges the records that beat the default schedules (saddc's row-reduction
 rule) into ``saddc/tuning_db/llvm-ARCH``, which ``saddc compile`` applies to llvm builds for that
 CPU; where none did, no database is left for the CPU. Writes what each kernel took, default and tuned, to
-``benchmarks/results/tuning_llvm-ARCH_<machine>.json``.
+``benchmarks/results/tuning_llvm_<machine>.json`` (the machine's CPU with LLVM's name for it).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> int:
     result = {"benchmark": "tune_examples", "target": target.describe(), "machine": machine,
               "date": benchmarking.now(), "trials": args.trials, "database": shipped and str(shipped),
               "kernels": [{"model": name, **asdict(row)} for name, row in rows]}
-    out = ROOT / "benchmarks" / "results" / f"tuning_{target.kind}-{target.arch}_{benchmarking.machine_slug(machine)}.json"
+    out = ROOT / "benchmarks" / "results" / f"tuning_{target.kind}_{benchmarking.machine_slug(machine)}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(tuning.table([row for _, row in rows])))
     print(f"wrote {shipped or f'no database (no record beat the default schedules on {target.arch})'} and {out}")

@@ -18,18 +18,29 @@ from typing import Callable
 
 
 def machine(is_cuda: bool) -> dict:
-    """Host, CPU model, core count, and on a GPU run the GPU's name."""
+    """Host, CPU model, core count, and on a GPU run the GPU's name; on a CPU run, LLVM's name
+    for the CPU too where TVM's compiler is loaded to ask (virtual machines' CPUs are often
+    named alike: Xeons of two generations both "Intel(R) Xeon(R) Processor")."""
     info = {"host": platform.node(), "cpu": cpu_name(), "cores": os.cpu_count()}
     if is_cuda:
         import torch  # pylint: disable=import-outside-toplevel
 
         info["gpu"] = torch.cuda.get_device_name(0)
+    else:
+        import tvm  # pylint: disable=import-outside-toplevel
+
+        # Absent in runtime-only mode (TVM_USE_RUNTIME_LIB), where no llvm module is built.
+        system_cpu = tvm.get_global_func("target.llvm_get_system_cpu", allow_missing=True)
+        if system_cpu is not None:
+            info["llvm_cpu"] = system_cpu()
     return info
 
 
 def machine_slug(info: dict) -> str:
-    """A file-name tag for the machine: its GPU, or its CPU and core count."""
-    name = info.get("gpu") or f"{info['cpu']} {info['cores']}core"
+    """A file-name tag for the machine: its GPU, or its CPU (with LLVM's name for it where
+    recorded) and core count."""
+    cpu = " ".join(filter(None, (info["cpu"], info.get("llvm_cpu"))))
+    name = info.get("gpu") or f"{cpu} {info['cores']}core"
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
 
 

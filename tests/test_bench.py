@@ -12,9 +12,11 @@ from onnx import TensorProto, helper
 
 from conftest import random_input, run_saddc
 from model_zoo import IMAGE, build
+from saddc.benchmarking import machine, machine_slug
 from saddc.config import CUDA_BENCH_VARIANTS
 from saddc.cuda import gpu_visible
 from saddc.frontends.torch_export import export_onnx
+from saddc.target import parse_target
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,15 @@ def test_kernel_work_counts_every_call_of_a_kernel(tmp_path):
     (name,) = work.flops
     assert work.calls[name] == 2
     assert f"{2 * work.flops[name] / 1e9:.3g} GFLOP a call" in work.summary_lines()[0]
+
+
+def test_records_of_cpus_named_alike_are_named_apart():
+    """Result files are named by machine: a CPU by its name, LLVM's name for it and its cores,
+    as VMs name Xeons of two generations alike (one's records overwrote the other's before)."""
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2}
+    assert machine_slug({**xeon, "llvm_cpu": "emeraldrapids"}) == "intel-r-xeon-r-processor-emeraldrapids-2core"
+    assert machine_slug({**xeon, "llvm_cpu": "rocketlake"}) != machine_slug({**xeon, "llvm_cpu": "emeraldrapids"})
+    assert machine(is_cuda=False)["llvm_cpu"] == parse_target("llvm").arch
 
 
 def test_gpu_session_jobs_call_this_trees_commands(tmp_path):
