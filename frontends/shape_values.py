@@ -171,7 +171,7 @@ def _evaluate(op_type: str, attrs: dict, inputs: list) -> ShapeValue | None:
         return ShapeValue(data.entries, attrs.get("to", data.dtype), data.scalar)
     if op_type == "Gather" and not data.scalar and attrs.get("axis", 0) == 0 and constant and constant[0] is not None:
         indices = inputs[1]
-        # An index out of range is the model's error, for ONNX Runtime's checks to name.
+        # An index out of range is the model's error, left for TVM's importer to refuse.
         if all(-len(data.entries) <= index < len(data.entries) for index in indices.entries):
             return ShapeValue(tuple(data.entries[index] for index in indices.entries), data.dtype, indices.scalar)
     if op_type == "Slice" and not data.scalar and len(constant) >= 2 and None not in constant:

@@ -155,7 +155,8 @@ def check_benchable(inputs: list[TensorSpec], batches: list[int]) -> list[Tensor
         raise InputError(f"saddc bench needs the input's dims after the batch static, and the model has {spec.describe()}")
     if isinstance(spec.shape[0], int) and any(batch != spec.shape[0] for batch in batches):
         others = ",".join(str(batch) for batch in batches if batch != spec.shape[0])
-        raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}; --batch {others} needs a symbolic batch")
+        raise ConfigError(f"the model's batch is fixed at {spec.shape[0]}: time it with --batch {spec.shape[0]} "
+                          f"(--batch {others} needs a symbolic batch)")
     return inputs
 
 

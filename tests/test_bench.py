@@ -80,7 +80,7 @@ def unbenchable(tmp_path_factory):
 @pytest.mark.parametrize("args,message", [
     (["{unbenchable}/two_inputs.onnx"], "single-input models (an image batch); this one has 2 inputs"),
     (["{unbenchable}/any_size.onnx"], "dims after the batch static, and the model has image: float32[batch, 3, height, width]"),
-    (["{unbenchable}/batch_one.onnx", "--batch", "1,8"], "the model's batch is fixed at 1; --batch 8 needs a symbolic batch"),
+    (["{unbenchable}/batch_one.onnx", "--batch", "1,8"], "the model's batch is fixed at 1: time it with --batch 1 (--batch 8 needs a symbolic batch)"),
     (["{model}", "--variants", "plain,fast"], "unknown variant(s) fast"),
     (["{model}", "--batch", "1,x"], "--batch wants comma-separated integers"),
     (["--repeat", "1"], "needs a model"),
