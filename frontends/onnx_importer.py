@@ -117,7 +117,6 @@ def expand_function_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     as a function (``OpSchema`` function bodies, context-dependent ones built for the node's
     input types), inlined as that function's nodes. Other nodes are left for
     ``check_supported_ops`` to report."""
-    import onnxscript.optimizer  # pylint: disable=import-outside-toplevel
     from tvm.relax.frontend.onnx.onnx_frontend import (  # pylint: disable=import-outside-toplevel
         _get_convert_map,
     )
@@ -129,6 +128,9 @@ def expand_function_ops(model: onnx.ModelProto) -> onnx.ModelProto:
                and (schema := _function_schema(node.op_type, opset))]
     if not targets:
         return model
+    # Imported only here: over half a second, and most models have no op to expand.
+    import onnxscript.optimizer  # pylint: disable=import-outside-toplevel
+
     types = inferred_types(model)
     expanded = onnx.ModelProto()
     expanded.CopyFrom(model)
