@@ -23,13 +23,14 @@ from .moe_dispatch import MoEReport
 from .replace_softmax_attention import ReplaceSoftmaxAttention
 from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
 from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
+from .rewrite_te_clip_to_relax_clip import RewriteTEClipToRelaxClip
 
 __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
     "FoldConstantBroadcasts", "FoldConstantWhere", "FuseOpsSeparatingScalarCalls", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
     "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport",
-    "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift",
+    "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift", "RewriteTEClipToRelaxClip",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",
 ]

@@ -70,7 +70,8 @@ _ELEMENTWISE_OPS = frozenset({
 })
 # The nonlinearity of an MLP, as the ONNX importer emits each activation function: GELU as
 # ``erf`` (or ``tanh`` in its tanh form, ``gelu`` from opset 20), SiLU and QuickGELU as
-# ``x * sigmoid(a x)``, HardSwish as ``x * clip(x + 3, 0, 6) / 6``, Mish as ``x * tanh(softplus)``.
+# ``x * sigmoid(a x)``, HardSwish as ``x * clip(x + 3, 0, 6) / 6``, Mish as ``x * tanh(softplus)``,
+# ReLU6 as ``clip`` (``RewriteTEClipToRelaxClip``: the importer's kernels for a Clip).
 # None of these occurs in a normalization, which the walks do not cross anyway.
 _ACTIVATION_OPS = frozenset({
     "relax.erf", "relax.tanh", "relax.sigmoid", "relax.clip", "relax.nn.gelu", "relax.nn.gelu_tanh",

@@ -2,7 +2,7 @@
 
     cleanup          fold constants (and the run-time index arithmetic of constant Gathers)
                      and decompose inference-only ops, so patterns see plain matmuls with
-                     constant weights
+                     constant weights, and the importer's Clip kernels as Relax's clip
     reparameterize   saddc's rewrites: lossless lowerings of what the model already computes
                      (MoE layers, always; binary-coded attention), then the lossy ones as
                      configured (MoE from plain layers, shift, attention replacement)
@@ -50,7 +50,7 @@ class Phase:
 
 def cleanup_passes(config: LowerConfig) -> list:
     from saddc.passes import (  # pylint: disable=import-outside-toplevel
-        ClipFastModeTakes, FoldConstantBroadcasts, FoldConstantWhere,
+        ClipFastModeTakes, FoldConstantBroadcasts, FoldConstantWhere, RewriteTEClipToRelaxClip,
     )
 
     del config
@@ -60,6 +60,7 @@ def cleanup_passes(config: LowerConfig) -> list:
         relax.transform.FoldConstant(),
         FoldConstantBroadcasts(),
         FoldConstantWhere(),
+        RewriteTEClipToRelaxClip(),  # its bounds folded to constants first
         relax.transform.DeadCodeElimination(),
         relax.transform.CanonicalizeBindings(),
     ]

@@ -108,6 +108,7 @@ class QuickGELU(torch.nn.Module):
 ACTIVATIONS = {
     "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU, "silu": torch.nn.SiLU, "quickgelu": QuickGELU,
     "gelu-tanh": lambda: torch.nn.GELU(approximate="tanh"), "hardswish": torch.nn.Hardswish, "mish": torch.nn.Mish,
+    "relu6": torch.nn.ReLU6,
 }
 
 
