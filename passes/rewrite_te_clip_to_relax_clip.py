@@ -7,9 +7,10 @@ bounds inputs since opset 11) so, which leaves torch's ReLU6 and Hardtanh as two
 kernels: the layer-role walk (``find_vit_blocks``) did not see them as an activation, and a
 ReLU6 MLP's layers were ``other`` to ``--shift mlp`` and ``--moe mlp``.
 
-Emits: ``clip(x, lo, hi)``, for float tensors (the importer's NaN bounds, unbounded in ONNX,
-are infinite by then). It legalizes to one elementwise kernel, fused with its neighbours like
-any other. A one-sided ``Clip`` and opset 6's (its bounds in the kernel) stay as they are.
+Emits: ``clip(x, lo, hi)``, for float tensors and ``lo <= hi`` (the importer's NaN bounds,
+unbounded in ONNX, are infinite by then). It legalizes to one elementwise kernel, fused with
+its neighbours like any other. A one-sided ``Clip`` and opset 6's (its bounds in the kernel)
+stay as they are.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class RewriteTEClipToRelaxClip:  # pylint: disable=too-few-public-methods
             if not isinstance(expr, relax.Call):
                 return expr  # a variable the matcher saw through: rewritten where it is bound
             lo, hi = (matched[bound].value.numpy() for bound in (lower, upper))
-            if lo.ndim or hi.ndim or not str(matched[x].ty.dtype).startswith("float"):
+            # Relax's clip takes the lower bound last, ONNX's Clip the upper: they differ where
+            # lo > hi (hi everywhere in ONNX).
+            if lo.ndim or hi.ndim or lo > hi or not str(matched[x].ty.dtype).startswith("float"):
                 return expr
             if not (_calls_te_kernel(mod, matched[at_least], topi.maximum)
                     and _calls_te_kernel(mod, matched[clipped], topi.minimum)):

@@ -7,6 +7,7 @@ import collections
 
 import numpy as np
 import onnx
+import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, te
@@ -19,13 +20,13 @@ from saddc.passes import RewriteTEClipToRelaxClip
 from saddc.pipeline import cleanup_passes
 
 
-def clipped_mlp(path, clip_inputs) -> str:
+def clipped_mlp(path, clip_inputs, bounds=(0, 6)) -> str:
     """``x @ W1 + b1 -> Clip(...) -> @ W2`` with a symbolic batch; ``clip_inputs`` after the
-    tensor: the bounds' names (initializers ``lo`` = 0 and ``hi`` = 6, or a model input)."""
+    tensor: the bounds' names (initializers ``lo`` and ``hi``, ``bounds``, or a model input)."""
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.standard_normal(shape).astype("float32"), name)
                for name, shape in (("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 8)))]
-    bounds = [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in (("lo", 0), ("hi", 6))]
+    bounds = [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in zip(("lo", "hi"), bounds)]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
              helper.make_node("Clip", ["h1", *clip_inputs], ["h2"], name="relu6"),
              helper.make_node("MatMul", ["h2", "w2"], ["y"])]
@@ -54,12 +55,15 @@ def cleaned_up(mod: tvm.IRModule) -> tvm.IRModule:
     return tvm.transform.Sequential(cleanup_passes(LowerConfig()))(mod)
 
 
-def test_importers_clip_becomes_clip_and_computes_it(tmp_path):
-    path = clipped_mlp(tmp_path / "relu6.onnx", ["lo", "hi"])
+@pytest.mark.parametrize("bounds", [(0, 6), (6, 0)], ids=["relu6", "crossed"])
+def test_importers_clip_becomes_clip_and_computes_it(bounds, tmp_path):
+    """Crossed bounds give the upper everywhere in ONNX and the lower in Relax's clip: kept."""
+    path = clipped_mlp(tmp_path / "relu6.onnx", ["lo", "hi"], bounds)
     imported = import_onnx(path).mod
     assert calls(imported)["maximum"] == calls(imported)["minimum"] == 1
     after = calls(cleaned_up(imported))
-    assert after["relax.clip"] == 1 and not after["maximum"] and not after["minimum"]
+    rewritten = bounds[0] <= bounds[1]
+    assert after["relax.clip"] == rewritten and after["maximum"] == after["minimum"] == (not rewritten)
     module = saddc.load(saddc.compile(path, target="llvm", output=tmp_path / "m.so").output)
     for batch in (1, 3):
         # Spread wide enough that both bounds clip.
