@@ -10,7 +10,8 @@ ReLU6 MLP's layers were ``other`` to ``--shift mlp`` and ``--moe mlp``.
 Emits: ``clip(x, lo, hi)``, for float tensors and ``lo <= hi`` (the importer's NaN bounds,
 unbounded in ONNX, are infinite by then). It legalizes to one elementwise kernel, fused with
 its neighbours like any other. A one-sided ``Clip`` and opset 6's (its bounds in the kernel)
-stay as they are.
+stay as they are. Neither form keeps a NaN input NaN, as ONNX Runtime does: the importer's
+kernels give the lower bound for it, ``clip`` the upper.
 """
 
 from __future__ import annotations
