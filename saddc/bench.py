@@ -1,6 +1,8 @@
 """``saddc bench``: one model run every way, side by side in one process.
 
-Runners: ONNX Runtime on the original model (CPU), TVM's default Relax pipeline, PyTorch eager
+Runners: ONNX Runtime on the original model (CPU), TVM's default Relax pipeline (which
+``--no-tvm-default`` leaves out on the CPU, where it schedules nothing and a large model's
+rounds take minutes), PyTorch eager
 when a torch model is given (and ``torch.compile`` and fp16 eager on a GPU), saddc with no
 rewrite, with each rewrite, with ShiftAddViT's combination, and in fp16 (cuda by default).
 Every repeat round times each runner once (calls averaged over ``min_repeat_ms``, warm-up
@@ -76,9 +78,9 @@ def variant_options(variant: str, calibration) -> dict:
 
 
 def build(model: Path, target: str, arch: str | None, variants: list[str], out_dir: Path,
-          calibration=None) -> dict:
-    """Compile TVM's default pipeline and every saddc variant into ``out_dir``; writes and
-    returns the plan (what was built, from what)."""
+          calibration=None, tvm_default: bool = True) -> dict:
+    """Compile TVM's default pipeline (unless ``tvm_default`` is false) and every saddc variant
+    into ``out_dir``; writes and returns the plan (what was built, from what)."""
     # pylint: disable=import-outside-toplevel
     import onnx
     from tqdm import tqdm
@@ -88,7 +90,7 @@ def build(model: Path, target: str, arch: str | None, variants: list[str], out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     # ORT runs the original beside the modules: one self-contained file (weights inlined).
     onnx.save(onnx.load(str(model)), str(out_dir / "model.onnx"))
-    jobs = [("tvm default", {"pipeline": "tvm-default"})]
+    jobs = [("tvm default", {"pipeline": "tvm-default"})] if tvm_default else []
     jobs += [(f"saddc {variant}", variant_options(variant, calibration)) for variant in variants]
     plan = {"model": str(model), "target": target, "modules": {}}
     for name, options in tqdm(jobs, desc="compiling", file=sys.stderr):
@@ -110,7 +112,7 @@ def run(build_dir: Path, batches: list[int], repeat: int, torch_model: str | Non
     plan = json.loads((build_dir / "plan.json").read_text())
     is_cuda = plan["target"] == "cuda"
     modules = {name: load(build_dir / entry["module"]) for name, entry in plan["modules"].items()}
-    (spec,) = check_benchable(modules["tvm default"].inputs, batches)
+    (spec,) = check_benchable(next(iter(modules.values())).inputs, batches)
     rows, kernels, kernels_alone_us = [], {}, {}
     machine = benchmarking.machine(is_cuda)
     peak = benchmarking.gpu_peak(machine["gpu"]) if is_cuda else None

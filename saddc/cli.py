@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", help=f"saddc variants to time, from {','.join(BENCH_VARIANTS)} "
                        "(default: all but untuned, the plain model without the shipped tuning database; "
                        "on llvm all but that and fp16, which CPUs emulate)")
+    bench.add_argument("--no-tvm-default", action="store_true",
+                       help="leave TVM's default pipeline out: on llvm it schedules nothing and takes 100-400x "
+                       "ONNX Runtime's time (a ViT-Base: 55 s a call at batch 1); on cuda it is the baseline")
     bench.add_argument("--repeat", type=int, default=5, help="timing rounds (default 5)")
     bench.add_argument("--torch", metavar="FILE.py:FACTORY", help="a torch model to time too (eager; "
                        "torch.compile and fp16 eager on a GPU)")
@@ -333,7 +336,12 @@ def cmd_bench(args) -> int:
         raise SaddcError(f"--batch wants comma-separated integers, got '{args.batch}'") from None
     if args.run is None and args.model is None:
         raise SaddcError("saddc bench needs a model (or --run DIR)")
+    if args.no_tvm_default and args.target == "cuda":
+        raise SaddcError("--no-tvm-default is for llvm: on cuda TVM's default pipeline is the baseline the table "
+                         "is relative to")
     if args.run is not None:
+        if args.no_tvm_default:
+            raise SaddcError("--no-tvm-default chooses what is built: --run DIR times what DIR holds")
         if not (Path(args.run) / "plan.json").exists():
             raise SaddcError(f"{args.run} holds no saddc bench build (plan.json): build with --build-only")
         prepare_directory(args.out)
@@ -346,12 +354,14 @@ def cmd_bench(args) -> int:
     calibration = None if args.calibration is None else _read_npy(args.calibration)
     prepare_directory(args.out)
     if args.build_only:
-        bench.build(Path(args.model), args.target, args.arch, variants, Path(args.build_only), calibration)
+        bench.build(Path(args.model), args.target, args.arch, variants, Path(args.build_only), calibration,
+                    tvm_default=not args.no_tvm_default)
         print(f"built into {args.build_only}; time with: saddc bench --run {args.build_only}")
         return 0
     _require_gpu_to_time(args.target)
     with tempfile.TemporaryDirectory(prefix="saddc-bench-") as build_dir:
-        bench.build(Path(args.model), args.target, args.arch, variants, Path(build_dir), calibration)
+        bench.build(Path(args.model), args.target, args.arch, variants, Path(build_dir), calibration,
+                    tvm_default=not args.no_tvm_default)
         return _bench_report(bench.run(Path(build_dir), batches, args.repeat, args.torch), args.out)
 
 

@@ -50,6 +50,15 @@ def test_bench_times_every_runner_side_by_side(model, tmp_path):
     assert not list(tmp_path.glob("*build*")), "the compiled modules are temporary"
 
 
+def test_bench_leaves_tvm_default_out_on_request(model, tmp_path):
+    """--no-tvm-default: on the CPU TVM's default pipeline takes about 100x ONNX Runtime's time,
+    minutes a round for a large model, and is neither built nor timed."""
+    result = run_saddc("bench", model, "--variants", "plain", "--no-tvm-default", "--repeat", "1", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = tmp_path.glob("bench_deit_llvm_*.json")
+    assert {row["runner"] for row in json.loads(record.read_text())["rows"]} == {"onnxruntime", "saddc plain"}
+
+
 def test_cuda_build_compiles_every_variant(model, tmp_path):
     """What a GPU session runs: every default CUDA variant compiles here (nvcc, no GPU), the
     combination and fp16 included."""
@@ -85,6 +94,9 @@ def unbenchable(tmp_path_factory):
     (["{model}", "--batch", "1,x"], "--batch wants comma-separated integers"),
     (["--repeat", "1"], "needs a model"),
     (["--run", "{tmp}"], "holds no saddc bench build"),
+    (["--run", "{tmp}", "--no-tvm-default"], "--no-tvm-default chooses what is built"),
+    (["{model}", "--target", "cuda", "--no-tvm-default", "--build-only", "{tmp}/build"],
+     "on cuda TVM's default pipeline is the baseline"),
     (["{tmp}/missing.onnx"], "missing.onnx"),
     pytest.param(["{model}", "--target", "cuda"], "timing for cuda needs a CUDA GPU",
                  marks=pytest.mark.skipif(gpu_visible(), reason="a GPU is visible: cuda timing runs")),
