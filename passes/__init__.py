@@ -20,6 +20,7 @@ from .lower_binary_coded_attention import LowerBinaryCodedAttention
 from .lower_moe_dispatch import LowerMoEDispatch
 from .mark_single_buffer_functions_noalias import MarkSingleBufferFunctionsNoAlias
 from .moe_dispatch import MoEReport
+from .pack_matmul_weights import PackMatmulWeights
 from .replace_softmax_attention import ReplaceSoftmaxAttention
 from .rewrite_linear_to_shift import RewriteLinearToShift, ShiftReport
 from .rewrite_conv2d_to_matmul import RewriteConv2dToMatmul
@@ -29,7 +30,7 @@ __all__ = [
     "ApplyTuningDatabase", "AttentionBlock", "AttentionReport", "AttentionSite", "BinaryCodes",
     "BuildMoEFromLinear", "ClipFastModeTakes", "ConvertToFloat16", "DispatchHandScheduledKernels", "EstimateKernelWork",
     "FoldConstantBroadcasts", "FoldConstantWhere", "FuseOpsSeparatingScalarCalls", "KernelWork", "LinearLayer", "LowerBinaryCodedAttention", "LowerMoEDispatch",
-    "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport",
+    "MarkSingleBufferFunctionsNoAlias", "MoELayer", "MoEReport", "PackMatmulWeights",
     "ReplaceSoftmaxAttention", "RewriteConv2dToMatmul", "RewriteLinearToShift", "RewriteTEClipToRelaxClip",
     "ShiftReport", "SkippedSoftmax", "TuningReport", "UnmatchedMoE", "find_attention_blocks",
     "find_binary_codes", "find_linear_layers", "find_moe_layers", "find_skipped_softmax",

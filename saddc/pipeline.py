@@ -11,8 +11,9 @@
                      each kernel's arithmetic estimated (for the benchmarks' FLOP rates)
     schedule         kernel schedules for the target: the target's form of the hand-scheduled
                      kernels (the MoE dispatch's, emitted in their CPU form), a tuning
-                     database's records, saddc's kernels, then DLight's rules and saddc's CPU
-                     matmul, depthwise-conv, injective and row-reduction rules for the rest
+                     database's records, on the CPU the matmuls' constant weights packed into
+                     the column panels their rule reads, then saddc's kernels, DLight's rules
+                     and saddc's CPU matmul, depthwise-conv, injective and row-reduction rules
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 
 Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.
@@ -159,11 +160,13 @@ def schedule_passes(config: LowerConfig) -> list:
     # pylint: disable=import-outside-toplevel
     from tvm.s_tir import dlight as dl
 
-    from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels
+    from saddc.passes import ApplyTuningDatabase, DispatchHandScheduledKernels, PackMatmulWeights
 
-    # Tuned records first: the kernels they schedule are marked scheduled, and DLight skips them.
+    # Tuned records first: the kernels they schedule are marked scheduled, and DLight skips them
+    # (and a record matches its kernel before the CPU's weights are packed into panels).
     tuned = [ApplyTuningDatabase(config.tuning_db, config.reports)] if config.tuning_db else []
-    return [DispatchHandScheduledKernels(config.target), *tuned, dl.ApplyDefaultSchedule(*schedule_rules(config))]
+    packing = [] if config.target.is_cuda else [PackMatmulWeights(config.target)]
+    return [DispatchHandScheduledKernels(config.target), *tuned, *packing, dl.ApplyDefaultSchedule(*schedule_rules(config))]
 
 
 def vm_lowering_passes(config: LowerConfig) -> list:

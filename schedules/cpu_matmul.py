@@ -41,6 +41,7 @@ the one epilogue block); anything else falls through to the next rule.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.gemv import get_reduction_expr, is_gemv
 
 from saddc.schedules.cpu_reduction_rule import (
@@ -74,7 +75,7 @@ class CPUMatmul(CPUReductionRule):
             return None
         lanes = target_lanes(target)
         original = {sch.get(info.block_rv).name_hint for info in infos}
-        padded = int(columns) % (lanes * VECTORS) != 0 and int(columns) > lanes
+        padded = pads_columns(int(columns), lanes)
         if padded:
             # Pad the columns to whole 2-vector panels (the attention scores' 197 -> 224; 4-vector
             # ones would pad to 256): B is copied into a zero-padded buffer first, and the
@@ -189,10 +190,7 @@ def register_block(sch: s_tir.Schedule, main, output, lanes: int, has_epilogue: 
     width divides the columns. ``output``, the block that reads the accumulator
     (``accumulator_reader``), runs once per row tile."""
     loops = sch.get_loops(main)
-    columns = int(sch.get(loops[-2]).extent)
-    widest = VECTORS_AVX512 if lanes == 16 else VECTORS
-    lanes = simd_lanes(columns, lanes)
-    panel = next(lanes * vectors for vectors in (widest, VECTORS, 1) if columns % (lanes * vectors) == 0)
+    panel = column_panel(int(sch.get(loops[-2]).extent), lanes)
     *outer, i, j, k = loops
     io, ii = sch.split(i, [None, ROWS])
     jo, ji = sch.split(j, [None, panel])
@@ -202,3 +200,51 @@ def register_block(sch: s_tir.Schedule, main, output, lanes: int, has_epilogue: 
     sch.vectorize(ji)
     sch.unroll(ii)
     finish_accumulator(sch, main, output, k, has_epilogue)
+
+
+def pads_columns(columns: int, lanes: int) -> bool:
+    """Whether the rule pads a matmul's ``columns`` to whole 2-vector panels (module doc)."""
+    return columns % (lanes * VECTORS) != 0 and columns > lanes
+
+
+def column_panel(columns: int, lanes: int) -> int:
+    """NR of ``register_block`` for ``columns`` (a multiple of ``lanes`` or fewer) on a target
+    of ``lanes`` float32 lanes: the most vectors (4 with AVX-512's 32 registers, else 2; then
+    fewer) of the widest lanes dividing ``columns`` whose width divides ``columns``."""
+    widest = VECTORS_AVX512 if lanes == 16 else VECTORS
+    lanes = simd_lanes(columns, lanes)
+    return next(lanes * vectors for vectors in (widest, VECTORS, 1) if columns % (lanes * vectors) == 0)
+
+
+def read_weight_in_panels(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, int, int] | None:
+    """``func`` (a matmul-like function the rule schedules with ``register_block``, its columns
+    unpadded, on a target of ``lanes``) reading its weight ``W[k, j]``, a 2-D parameter, from
+    column panels ``Wp[j // NR, k, j % NR]``, NR being ``column_panel``'s: each K x NR panel the
+    register block walks down is then contiguous (see ``PackMatmulWeights``). Returns the
+    function, the weight's parameter index and NR; None where ``func`` is not such a function."""
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    reductions = [info for info in infos or [] if not info.is_injective()]
+    if len(reductions) != 1 or is_gemv(sch, reductions[0]) is not None:
+        return None
+    main = reductions[0].block_rv
+    kinds = reductions[0].dom_kind()
+    block = sch.get(main)
+    if (len(kinds) < 3 or kinds.count("R") != 1 or not kinds.endswith("R")
+            or not isinstance(get_reduction_expr(block), tirx.Mul)):
+        return None
+    columns = sch.get(sch.get_loops(main)[-2]).extent
+    if not isinstance(columns, tirx.IntImm) or int(columns) < lanes or pads_columns(int(columns), lanes):
+        return None
+    column, depth = (iter_var.var for iter_var in block.iter_vars[-2:])
+    params = list(sch.mod["main"].params)
+    for index, region in enumerate(block.reads):
+        weight = region.source
+        position = next((p for p, param in enumerate(params) if param.same_as(weight)), None)
+        if (position is not None and len(region.region) == 2 and weight.ty.dtype == "float32"
+                and region.region[0].min.same_as(depth) and region.region[1].min.same_as(column)
+                and all(isinstance(dim, tirx.IntImm) for dim in weight.ty.shape)):
+            panel = column_panel(int(columns), lanes)
+            sch.transform_layout(main, ("read", index), lambda k, j: (j // panel, k, j % panel))
+            return sch.mod["main"], position, panel
+    return None

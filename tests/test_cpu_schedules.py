@@ -62,6 +62,43 @@ def test_matmul_with_bias_and_activation_epilogue(rows, inner, columns):
     assert scheduled(kernel), kernel
 
 
+@pytest.mark.parametrize("rows,inner,columns", [(197, 768, 3072), (2, 197, 3072), (5, 40, 96), (197, 192, 1000)])
+def test_constant_weights_are_packed_into_column_panels(rows, inner, columns):
+    """A matmul's constant weight (K x N) is packed at compile time into the K x NR column
+    panels the register block reads (N // NR, K, NR), NR the rule's panel width for N; a weight
+    whose columns the rule pads (1000) stays as it is. The values are the same."""
+    from saddc.schedules.cpu_matmul import column_panel, pads_columns
+    from saddc.schedules.simd import target_lanes
+    from saddc.target import parse_target
+
+    x, w, bias = random(rows, inner), random(inner, columns, seed=1), random(columns, seed=2)
+    lowered, executable = lowered_and_built(
+        lambda a: relax.op.add(relax.op.matmul(a, relax.const(w)), relax.const(bias)), [x])
+    result = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(result, x @ w + bias, rtol=1e-5, atol=1e-4)
+    (kernel,) = [func for func in lowered.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
+    weight = [tuple(int(d) for d in param.ty.shape) for param in kernel.params][1]
+    lanes = target_lanes(parse_target("llvm").to_tvm())
+    if pads_columns(columns, lanes):
+        assert weight == (inner, columns)
+    else:
+        panel = column_panel(columns, lanes)
+        assert weight == (columns // panel, inner, panel), kernel.script()
+
+
+def test_weight_packing_needs_a_constant_at_every_call():
+    """One kernel called with a constant weight and with a run-time one keeps the weight's
+    layout (the run-time one is not packed)."""
+    x, w = random(197, 192), random(192, 768, seed=1)
+    lowered, executable = lowered_and_built(
+        lambda a, b: relax.Tuple([relax.op.matmul(a, relax.const(w)), relax.op.matmul(a, b)]), [x, w])
+    results = relax.VirtualMachine(executable, tvm.cpu())["main"](*map(tvm.runtime.tensor, (x, w)))
+    for result in results:
+        np.testing.assert_allclose(result.numpy(), x @ w, rtol=1e-5, atol=1e-4)
+    (matmul,) = [func for func in lowered.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
+    assert len(matmul.params[1].ty.shape) == 2, matmul.script()
+
+
 @pytest.mark.parametrize("shape,columns", [((197, 768), 2), ((2, 197, 192), 3), ((9, 6), 2)])
 def test_narrow_matmul_runs_as_dot_products_along_k(shape, columns):
     """Fewer columns than a vector (an MoE router's expert logits): B is copied transposed and
