@@ -37,7 +37,7 @@ from pathlib import Path
 from tvm import s_tir, te, tirx
 
 from saddc.schedules.shift_codes import codes_per_word, reference_matmul, top_level
-from saddc.schedules.cpu_matmul import register_block
+from saddc.schedules.cpu_matmul import column_panel, register_block
 from saddc.schedules.simd import simd_lanes, target_lanes
 
 __all__ = ["ADD_ONLY", "DECODE_DENSE", "DECODE_MMA", "VARIANTS", "shift_gemm_te", "schedule", "schedule_cpu",
@@ -217,11 +217,15 @@ def schedule_cpu(sch: s_tir.Schedule, lanes: int = 16) -> None:
 
 def schedule_cpu_decode_dense(sch: s_tir.Schedule, lanes: int) -> None:
     """Decode-dense kernel on x86-64: the decode in parallel over in-features, vectorized over
-    output channels; then the register-blocked matmul of ``cpu_matmul`` with the bias store as
-    its epilogue."""
+    output channels, into the column panels the matmul reads (as ``PackMatmulWeights`` packs
+    a constant weight: (N / NR, K, NR)); then the register-blocked matmul of ``cpu_matmul``
+    with the bias store as its epilogue."""
     decode = sch.get_sblock(DECODE_BLOCK)
+    out_features = int(sch.get(sch.get_loops(decode)[-1]).extent)
+    panel = column_panel(out_features, lanes)
+    sch.transform_layout(decode, ("write", 0), lambda k, n: (n // panel, k, n % panel))
     k, n = sch.get_loops(decode)
-    _, n_inner = sch.split(n, [None, simd_lanes(int(sch.get(n).extent), lanes)])
+    _, n_inner = sch.split(n, [None, simd_lanes(out_features, lanes)])
     sch.parallel(k)
     sch.vectorize(n_inner)
     register_block(sch, sch.get_sblock(ACCUMULATE_BLOCK), sch.get_sblock(STORE_BLOCK), lanes)

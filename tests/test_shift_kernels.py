@@ -125,6 +125,33 @@ def test_cpu_decode_dense_kernel_matches_the_reference(rows, in_features, out_fe
     assert not out[:, 0].any() if bias is None else np.array_equal(out[:, 0], np.full(rows, bias[0]))
 
 
+@pytest.mark.parametrize("out_features", [96, 3072, 45])
+def test_cpu_decode_dense_kernel_decodes_into_column_panels(out_features):
+    """The decoded weights are laid out as the column panels the register block reads
+    (N / NR, K, NR), as PackMatmulWeights packs a dense layer's; the result is unchanged."""
+    from saddc.schedules.cpu_matmul import column_panel
+    from saddc.schedules.simd import target_lanes
+
+    rows, in_features = 9, 64
+    words = -(-in_features // shift_codes.codes_per_word(5))
+    x = te.placeholder((rows, in_features), "float32", name="x")
+    packed = te.placeholder((words, out_features), "uint32", name="packed")
+    exponents = te.placeholder((out_features,), "int32", name="exponents")
+    out = shift_gemm.shift_gemm_te(x, packed, exponents, None, 5, in_features, shift_gemm.DECODE_DENSE)
+    func = te.create_prim_func([x, packed, exponents, out]).with_attr(shift_gemm.VARIANT_ATTR, shift_gemm.DECODE_DENSE)
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        sch = shift_gemm.schedule(func, target)
+    decoded = sch.get(sch.get_sblock(shift_gemm.DECODE_BLOCK)).writes[0].source
+    panel = column_panel(out_features, target_lanes(target))
+    assert tuple(int(d) for d in decoded.ty.shape) == (out_features // panel, in_features, panel)
+    encoded = shift_codes.encode(np.random.default_rng(4).standard_normal((in_features, out_features)).astype("float32"))
+    inputs = np.random.default_rng(5).standard_normal((rows, in_features)).astype("float32")
+    expected = shift_codes.reference_matmul(inputs, encoded, None)
+    np.testing.assert_allclose(run_cpu(tvm.compile(sch.mod, target=target), inputs, encoded, None), expected,
+                               rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_cpu_decode_dense_kernel_decodes_every_weight_exactly():
     """One-hot rows read the decoded weights back: every code, sign and channel scale."""
     rng = np.random.default_rng(3)
