@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
+from saddc.passes.kernel_call import is_kernel_call
+
 # The key of the report in LowerConfig.reports (beside the rewrites' reports).
 KERNEL_WORK_REPORT = "kernel_flops"
 
@@ -62,8 +64,7 @@ class EstimateKernelWork:  # pylint: disable=too-few-public-methods
 
 
 def _count_kernel_call(expr: relax.Expr, calls: collections.Counter) -> None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
-            "relax.call_tir", "relax.call_tir_inplace"):
+    if is_kernel_call(expr):
         calls[expr.args[0].name_hint] += 1
 
 

@@ -44,6 +44,13 @@ def call_hand_scheduled_kernel(builder: relax.BlockBuilder, kernel: str, params:
     return builder.emit(relax.call_tir_inplace(gvar, args, inplace_index, out_ty))
 
 
+def is_kernel_call(expr: relax.Expr) -> bool:
+    """Whether ``expr`` calls a kernel: a ``call_tir``, or a ``call_tir_inplace`` (a kernel that
+    updates an argument in place)."""
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
+        "relax.call_tir", "relax.call_tir_inplace")
+
+
 def rewrite_functions(mutator: relax.PyExprMutator, mod: tvm.IRModule) -> tvm.IRModule:
     """Every Relax function of ``mod`` visited by ``mutator`` (built on ``mod``), and the module
     its builder holds then: the PrimFuncs of ``mod`` and the kernels the mutator emitted."""

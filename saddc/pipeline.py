@@ -11,8 +11,9 @@
                      each kernel's arithmetic estimated (for the benchmarks' FLOP rates)
     schedule         kernel schedules for the target: the target's form of the hand-scheduled
                      kernels (the MoE dispatch's, emitted in their CPU form), a tuning
-                     database's records, on the CPU the matmuls' constant weights packed into
-                     the column panels their rule reads, then saddc's kernels, DLight's rules
+                     database's records, on the CPU the constant weights of matmuls and dense
+                     MoE experts packed into the column panels their kernels read, then
+                     saddc's kernels, DLight's rules
                      and saddc's CPU matmul, depthwise-conv, injective and row-reduction rules
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 

@@ -51,9 +51,6 @@ KINDS = (DENSE, SHIFT)
 # every channel block (see the kernel).
 CHANNEL_MAJOR_ROWS = 1024
 CHUNK_TILES = 8
-# The fp32 weights a CPU shift segment decodes are stored with this many floats (a cache line)
-# after each row, so that the rows of a channel block's columns do not share a few cache sets.
-DECODED_ROW_PADDING = 16
 # Rows of a CUDA tile (sharing each weight load); output channels a CUDA thread block spans.
 ROWS_CUDA = 4
 THREADS_N = 64
@@ -69,6 +66,18 @@ def cpu_tile(target) -> tuple[int, int]:
     6.5); SSE 6 x 8 10.6 ms (8 x 32 14.7)."""
     vector = target_lanes(target)
     return (8 if vector == 16 else 6), 2 * vector
+
+
+def cpu_panel(out_features: int, target) -> int:
+    """Output channels of a CPU channel block (``cpu_tile``'s, or fewer where they do not divide
+    ``out_features``): the width of the column panels the CPU kernel reads its weights from."""
+    return simd_lanes(out_features, cpu_tile(target)[1])
+
+
+def pack_panels(weight: np.ndarray, panel: int) -> np.ndarray:
+    """A K x N weight as (N / panel, K, panel) column panels, each contiguous."""
+    rows, columns = weight.shape
+    return np.ascontiguousarray(weight.reshape(rows, columns // panel, panel).transpose(1, 0, 2))
 
 
 def segmented_reference(xs: np.ndarray, offsets: np.ndarray, experts: list) -> np.ndarray:
@@ -88,8 +97,16 @@ def _out_features(expert) -> int:
     return weights.out_features if isinstance(weights, ShiftWeights) else weights.shape[1]
 
 
-def dense_segment(expert: int, in_features: int, out_features: int, target) -> tirx.PrimFunc:
-    """``ys[m] = xs[m] @ weight + bias`` for expert ``expert``'s rows."""
+def dense_segment(expert: int, in_features: int, out_features: int, target, panels: int = 0) -> tirx.PrimFunc:
+    """``ys[m] = xs[m] @ weight + bias`` for expert ``expert``'s rows; with ``panels`` (the CPU
+    form only: ``cpu_panel``'s width) the weight comes as ``pack_panels`` lays it out."""
+    if panels:
+        def product(xs, weight, m, k, n):
+            return xs[m, k] * weight[n // panels, k, n % panels]
+
+        weight_shape = (out_features // panels, in_features, panels)
+        return _segment_kernel(expert, in_features, out_features, target, product, ("float32",), (weight_shape,),
+                               reduce_extent=(in_features, 1))
 
     def product(xs, weight, m, k, n):
         return xs[m, k] * weight[k, n]
@@ -108,8 +125,10 @@ def shift_segment(expert: int, in_features: int, out_features: int, bits: int, t
         def decode(packed, exponents, k, n):
             return decoded_weight(packed_code(packed, k // per_word, k % per_word, n, bits), exponents[n], bits)
 
+        panel = cpu_panel(out_features, target)
+
         def dense_product(xs, decoded, _exponents, m, k, _, n):
-            return xs[m, k] * decoded[k, n]
+            return xs[m, k] * decoded[n // panel, k, n % panel]
 
         return _segment_kernel(expert, in_features, out_features, target, dense_product, weight_dtypes,
                                weight_shapes, reduce_extent=(in_features, 1), decode=decode)
@@ -149,7 +168,7 @@ def _segment_kernel(expert, in_features, out_features, target, product, weight_d
 def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode, tile_shape):
     decodes = decode is not None
     rows, widest = tile_shape
-    lanes = simd_lanes(out_features, widest)
+    lanes = simd_lanes(out_features, widest)  # cpu_panel's
     outer, inner = reduce_extent
     first_shape, first_dtype, second_shape, second_dtype = weights
     channel_blocks = out_features // lanes
@@ -208,14 +227,14 @@ def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent,
             if decodes:
                 # Once a call, and only for an expert with rows: the weights in fp32, each
                 # channel block by one thread, in the order the channel-major loop below
-                # gives the threads their channel blocks.
-                decoded = T.alloc_buffer((in_features, out_features + DECODED_ROW_PADDING), "float32")
+                # gives the threads their channel blocks, into column panels (a channel
+                # block's K x lanes weights contiguous, as a dense expert's are packed).
+                decoded = T.alloc_buffer((channel_blocks, in_features, lanes), "float32")
                 if end > start:
                     for channel_block in T.parallel(channel_blocks):
                         for k in range(in_features):
                             for i in T.vectorized(lanes):
-                                decoded[k, channel_block * lanes + i] = decode(first, second, k,
-                                                                               channel_block * lanes + i)
+                                decoded[channel_block, k, i] = decode(first, second, k, channel_block * lanes + i)
             weight = decoded if decodes else first
             # A parallel loop's tasks go to the threads in equal runs, in order.
             if end - start <= CHANNEL_MAJOR_ROWS:

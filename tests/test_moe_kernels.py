@@ -110,6 +110,28 @@ def test_segmented_gemm_computes_each_expert_on_its_rows_only(kinds, tokens, fir
     np.testing.assert_allclose(ys.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tokens,first", [(13, 5), (197, 120), (700 + LONG_SEGMENT, 700)])
+@pytest.mark.parametrize("cpu", CPU_TARGETS)
+@pytest.mark.parametrize("out_features", [48, 768])
+def test_dense_segment_reads_a_weight_packed_in_column_panels(tokens, first, cpu, out_features):
+    """The CPU form PackMatmulWeights puts in place of a dense expert's: its weight packed into
+    the channel blocks' column panels (``pack_panels``), the same rows computed."""
+    in_features, target = 20, CPU_TARGETS[cpu]
+    experts = experts_for(in_features, out_features, (DENSE, DENSE))
+    xs = np.random.default_rng(tokens).standard_normal((tokens, in_features)).astype("float32")
+    offsets = np.array([0, first, tokens], "int32")
+    ys = tvm.runtime.tensor(np.full((tokens, out_features), np.nan, "float32"))
+    panel = segmented_gemm.cpu_panel(out_features, target)
+    for index, (_, weight, bias) in enumerate(experts):
+        kernel = compile_cpu(segmented_gemm.dense_segment(index, in_features, out_features, target, panels=panel),
+                             f"segment{index}", target)
+        packed = segmented_gemm.pack_panels(weight, panel)
+        assert packed.shape == (out_features // panel, in_features, panel)
+        kernel(*map(tvm.runtime.tensor, (xs, offsets, packed, bias)), ys)
+    expected = segmented_gemm.segmented_reference(xs, offsets, experts)
+    np.testing.assert_allclose(ys.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_tiles_fit_the_target_vector_registers():
     """Two vectors of channels; 16 accumulators in AVX-512's 32 registers, 12 in AVX2's or SSE's 16."""
     tiles = {cpu: segmented_gemm.cpu_tile(parse_target("llvm", cpu).to_tvm())

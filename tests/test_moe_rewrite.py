@@ -170,6 +170,24 @@ def test_dispatch_kernels_are_emitted_for_the_cpu_and_rebuilt_for_the_target(mod
     assert segments and all(not tvm_ffi.structural_equal(sse[name], kernels[name]) for name in segments)
 
 
+def test_dense_experts_read_their_weights_in_column_panels_on_the_cpu(models):
+    """On the CPU the schedule phase packs each dense expert's constant weight into the column
+    panels of its kernel's channel blocks (PackMatmulWeights): the segment kernels take
+    (N / W, K, W); test_exported_moe_lowers_exactly_and_matches_torch runs them."""
+    from saddc.schedules.segmented_gemm import cpu_panel  # pylint: disable=import-outside-toplevel
+
+    config = saddc.LowerConfig()
+    scheduled = run_phases(import_onnx(models["moe-deit-legacy"]).mod, config, until="schedule")
+    dense = [func for func in scheduled.functions.values()
+             if isinstance(func, tvm.tirx.PrimFunc) and str((func.attrs or {}).get(KERNEL_ATTR)) == "dense_segment"]
+    assert dense
+    for func in dense:
+        params = {str(key): int(value) for key, value in func.attrs[KERNEL_PARAMS_ATTR].items()}
+        panel = cpu_panel(params["out_features"], config.target.to_tvm())
+        weight = tuple(int(dim) for dim in func.params[2].ty.shape)
+        assert weight == (params["out_features"] // panel, params["in_features"], panel)
+
+
 def test_bad_moe_requests_are_clear_errors(models, tmp_path):
     result = run_saddc("compile", models["deit"], "--moe-shift-ratio", "0.3")
     assert result.returncode != 0 and "need --moe GROUPS" in result.stderr and "Traceback" not in result.stderr
