@@ -13,8 +13,8 @@
                      kernels (the MoE dispatch's, emitted in their CPU form), a tuning
                      database's records, on the CPU the constant weights of matmuls and dense
                      MoE experts packed into the column panels their kernels read, then
-                     saddc's kernels, DLight's rules
-                     and saddc's CPU matmul, depthwise-conv, injective and row-reduction rules
+                     saddc's kernels, DLight's rules and saddc's CPU matmul, depthwise-conv,
+                     injective and row-reduction rules for the rest
     vm-lowering      TVM's dataflow lowering and VM finalization for the target
 
 Registered with Relax as ``relax.get_pipeline("saddc", config=...)``; ``saddc.lower`` runs it.

@@ -208,9 +208,10 @@ def pads_columns(columns: int, lanes: int) -> bool:
 
 
 def column_panel(columns: int, lanes: int) -> int:
-    """NR of ``register_block`` for ``columns`` (a multiple of ``lanes`` or fewer) on a target
-    of ``lanes`` float32 lanes: the most vectors (4 with AVX-512's 32 registers, else 2; then
-    fewer) of the widest lanes dividing ``columns`` whose width divides ``columns``."""
+    """NR of ``register_block`` for ``columns`` on a target of ``lanes`` float32 lanes: vectors
+    of the widest lane count up to ``lanes`` that divides ``columns``, as many as the accumulator
+    registers hold (4 with AVX-512's 32, else 2), or fewer where that width does not divide
+    ``columns``."""
     widest = VECTORS_AVX512 if lanes == 16 else VECTORS
     lanes = simd_lanes(columns, lanes)
     return next(lanes * vectors for vectors in (widest, VECTORS, 1) if columns % (lanes * vectors) == 0)

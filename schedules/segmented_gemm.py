@@ -100,18 +100,10 @@ def _out_features(expert) -> int:
 def dense_segment(expert: int, in_features: int, out_features: int, target, panels: int = 0) -> tirx.PrimFunc:
     """``ys[m] = xs[m] @ weight + bias`` for expert ``expert``'s rows; with ``panels`` (the CPU
     form only: ``cpu_panel``'s width) the weight comes as ``pack_panels`` lays it out."""
-    if panels:
-        def product(xs, weight, m, k, n):
-            return xs[m, k] * weight[n // panels, k, n % panels]
-
-        weight_shape = (out_features // panels, in_features, panels)
-        return _segment_kernel(expert, in_features, out_features, target, product, ("float32",), (weight_shape,),
-                               reduce_extent=(in_features, 1))
-
     def product(xs, weight, m, k, n):
-        return xs[m, k] * weight[k, n]
+        return xs[m, k] * (weight[n // panels, k, n % panels] if panels else weight[k, n])
 
-    weight_shape = (in_features, out_features)
+    weight_shape = (out_features // panels, in_features, panels) if panels else (in_features, out_features)
     return _segment_kernel(expert, in_features, out_features, target, product, ("float32",), (weight_shape,),
                            reduce_extent=(in_features, 1))
 
@@ -168,7 +160,7 @@ def _segment_kernel(expert, in_features, out_features, target, product, weight_d
 def _cpu_kernel(expert, in_features, out_features, term, weights, reduce_extent, decode, tile_shape):
     decodes = decode is not None
     rows, widest = tile_shape
-    lanes = simd_lanes(out_features, widest)  # cpu_panel's
+    lanes = simd_lanes(out_features, widest)  # cpu_panel(out_features, target)
     outer, inner = reduce_extent
     first_shape, first_dtype, second_shape, second_dtype = weights
     channel_blocks = out_features // lanes
