@@ -45,7 +45,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.analysis.gemv import get_reduction_expr, is_gemv
 
 from saddc.schedules.cpu_reduction_rule import (
-    CPUReductionRule, accumulate_in_lanes, accumulator_reader, finish_accumulator,
+    CPUReductionRule, accumulate_in_lanes, accumulator_reader, finish_accumulator, only_reduction,
 )
 from saddc.schedules.simd import simd_lanes, target_lanes, vectorize_with_tail
 
@@ -64,18 +64,13 @@ class CPUMatmul(CPUReductionRule):
     def schedule(self, sch, infos, position, target):
         main = infos[position].block_rv
         kinds = infos[position].dom_kind()
-        # A sum of products; a plain sum (a mean over tokens) is a column or row reduction.
-        if (len(kinds) < 2 or kinds.count("R") != 1 or not kinds.endswith("R")
-                or not isinstance(get_reduction_expr(sch.get(main)), tirx.Mul)):
+        shape = _matmul_columns(sch, infos[position])
+        if shape is None:
             return None
-        # A matrix times a vector: one column, whose unit loop normalization dropped.
-        vector = is_gemv(sch, infos[position]) is not None
-        columns = tirx.IntImm("int64", 1) if vector else sch.get(sch.get_loops(main)[-2]).extent
-        if (len(kinds) < 3 and not vector) or not isinstance(columns, tirx.IntImm):
-            return None
+        vector, columns = shape
         lanes = target_lanes(target)
         original = {sch.get(info.block_rv).name_hint for info in infos}
-        padded = pads_columns(int(columns), lanes)
+        padded = pads_columns(columns, lanes)
         if padded:
             # Pad the columns to whole 2-vector panels (the attention scores' 197 -> 224; 4-vector
             # ones would pad to 256): B is copied into a zero-padded buffer first, and the
@@ -102,7 +97,7 @@ class CPUMatmul(CPUReductionRule):
                 accumulate_in_lanes(sch, main, epilogue, lanes)
                 return sch
             return sch if dot_products(sch, main, epilogue, lanes, has_columns=False) else None
-        if int(columns) < lanes and dot_products(sch, main, epilogue, lanes):
+        if columns < lanes and dot_products(sch, main, epilogue, lanes):
             return sch
         if padded:
             # A tile's epilogue would check every column against the crop, a lane-dependent
@@ -114,6 +109,22 @@ class CPUMatmul(CPUReductionRule):
         else:
             register_block(sch, main, accumulator_reader(sch, main, epilogue), lanes, has_epilogue=bool(epilogue))
         return sch
+
+
+def _matmul_columns(sch: s_tir.Schedule, info) -> tuple[bool, int] | None:
+    """``(vector, columns)`` of the reduction block ``info`` where it is a matmul the rule takes:
+    a sum of products (a plain sum, a mean over tokens, is a column or row reduction) whose
+    column count is static, ``vector`` where it is a matrix times a vector (one column, whose
+    unit loop normalization dropped); None otherwise."""
+    kinds = info.dom_kind()
+    if (len(kinds) < 2 or kinds.count("R") != 1 or not kinds.endswith("R")
+            or not isinstance(get_reduction_expr(sch.get(info.block_rv)), tirx.Mul)):
+        return None
+    vector = is_gemv(sch, info) is not None
+    columns = tirx.IntImm("int64", 1) if vector else sch.get(sch.get_loops(info.block_rv)[-2]).extent
+    if (len(kinds) < 3 and not vector) or not isinstance(columns, tirx.IntImm):
+        return None
+    return vector, int(columns)
 
 
 def _outputs_in_lanes(sch: s_tir.Schedule, main, lanes: int) -> bool:
@@ -224,19 +235,14 @@ def read_weight_in_panels(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFun
     register block walks down is then contiguous (see ``PackMatmulWeights``). Returns the
     function, the weight's parameter index and NR; None where ``func`` is not such a function."""
     sch = s_tir.Schedule(func)
-    infos = normalize_prim_func(sch)
-    reductions = [info for info in infos or [] if not info.is_injective()]
-    if len(reductions) != 1 or is_gemv(sch, reductions[0]) is not None:
+    infos = normalize_prim_func(sch) or []
+    position = only_reduction(infos)
+    shape = None if position is None else _matmul_columns(sch, infos[position])
+    if shape is None or shape[0] or shape[1] < lanes or pads_columns(shape[1], lanes):
         return None
-    main = reductions[0].block_rv
-    kinds = reductions[0].dom_kind()
+    columns = shape[1]
+    main = infos[position].block_rv
     block = sch.get(main)
-    if (len(kinds) < 3 or kinds.count("R") != 1 or not kinds.endswith("R")
-            or not isinstance(get_reduction_expr(block), tirx.Mul)):
-        return None
-    columns = sch.get(sch.get_loops(main)[-2]).extent
-    if not isinstance(columns, tirx.IntImm) or int(columns) < lanes or pads_columns(int(columns), lanes):
-        return None
     column, depth = (iter_var.var for iter_var in block.iter_vars[-2:])
     params = list(sch.mod["main"].params)
     for index, region in enumerate(block.reads):
@@ -245,7 +251,7 @@ def read_weight_in_panels(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFun
         if (position is not None and len(region.region) == 2 and weight.ty.dtype == "float32"
                 and region.region[0].min.same_as(depth) and region.region[1].min.same_as(column)
                 and all(isinstance(dim, tirx.IntImm) for dim in weight.ty.shape)):
-            panel = column_panel(int(columns), lanes)
+            panel = column_panel(columns, lanes)
             sch.transform_layout(main, ("read", index), lambda k, j: (j // panel, k, j % panel))
             return sch.mod["main"], position, panel
     return None

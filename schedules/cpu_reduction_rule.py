@@ -20,13 +20,20 @@ class CPUReductionRule(CPUBlocksRule):
     schedule, or None to fall through."""
 
     def schedule_blocks(self, sch, infos, target):
-        reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
-        if len(reductions) != 1 or not all(info.is_injective() for info in infos if info is not infos[reductions[0]]):
-            return None
-        return self.schedule(sch, infos, reductions[0], target)
+        position = only_reduction(infos)
+        return None if position is None else self.schedule(sch, infos, position, target)
 
     def schedule(self, sch: s_tir.Schedule, infos: list, position: int, target):
         raise NotImplementedError
+
+
+def only_reduction(infos: list) -> int | None:
+    """The position of the one reduction block among ``infos`` (``normalize_prim_func``'s), where
+    every other block is injective; None otherwise."""
+    reductions = [index for index, info in enumerate(infos) if not info.is_injective()]
+    if len(reductions) != 1 or not all(info.is_injective() for info in infos if info is not infos[reductions[0]]):
+        return None
+    return reductions[0]
 
 
 def accumulator_reader(sch: s_tir.Schedule, main, epilogue: list):
